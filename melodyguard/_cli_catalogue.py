@@ -1,0 +1,241 @@
+"""CLI commands of the catalogue lifecycle: add, remove, list, check, reindex."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli import EXIT_BLOCK, EXIT_ERROR, EXIT_OK, EXIT_REVIEW, _json_default, command
+from .errors import DuplicateWorkError, InvalidInputError, MelodyGuardError
+
+
+def _catalogue_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalogue", type=Path, default=None,
+                   help="catalogue directory (default $MELODYGUARD_CATALOGUE or ~/.local/share/melodyguard/catalogue)")
+    p.add_argument("--weights", type=Path, default=None, help="VAE weights (default $MELODYGUARD_WEIGHTS or the shipped ones)")
+
+
+def open_catalogue(a: argparse.Namespace, **kw: Any):
+    from .index import Catalogue
+    from .model.encoder import load_encoder
+
+    return Catalogue(a.catalogue, encoder=load_encoder(a.weights), **kw)
+
+
+# --------------------------------------------------------------------------- add
+def _setup_add(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", type=Path, help="MIDI or audio files")
+    p.add_argument("--manifest", type=Path, help="CSV with columns path,title,owner,external_id")
+    p.add_argument("--title")
+    p.add_argument("--owner", default="")
+    p.add_argument("--external-id")
+    p.add_argument("--private", action="store_true", help="matched, but its metadata is not shown to others")
+    p.add_argument("--quiet", action="store_true")
+    _catalogue_arg(p)
+
+
+def _cmd_add(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    jobs: list[dict[str, Any]] = []
+    if a.manifest:
+        if not a.manifest.is_file():
+            raise InvalidInputError(f"no such manifest: {a.manifest}")
+        with open(a.manifest, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise InvalidInputError(f"{a.manifest} needs a header with at least a 'path' column; got {reader.fieldnames}")
+            for row in reader:
+                path = Path(row["path"])
+                if not path.is_absolute():
+                    path = a.manifest.parent / path
+                jobs.append({"path": path, "title": row.get("title") or None, "owner": row.get("owner") or "",
+                             "external_id": row.get("external_id") or None})
+    for p in a.paths:
+        jobs.append({"path": p, "title": a.title if len(a.paths) == 1 else None, "owner": a.owner,
+                     "external_id": a.external_id if len(a.paths) == 1 else None})
+    if not jobs:
+        raise InvalidInputError("nothing to add: give file paths or --manifest works.csv")
+    cat = open_catalogue(a)
+    failed: list[tuple[str, str]] = []
+    added = skipped = 0
+    for job in tqdm(jobs, desc="add", unit="file", disable=a.quiet or len(jobs) < 2, file=sys.stderr):
+        try:
+            w = cat.add(job["path"], title=job["title"], owner=job["owner"], external_id=job["external_id"], private=a.private)
+            added += 1
+            if len(jobs) <= 20 and not a.quiet:
+                print(json.dumps({"added": w.id, "title": w.title, "owner": w.owner, "notes": w.n_notes}))
+        except DuplicateWorkError as exc:
+            skipped += 1
+            print(json.dumps({"skipped": str(job["path"]), "reason": str(exc), "existing_id": exc.existing_id}))
+        except MelodyGuardError as exc:
+            failed.append((str(job["path"]), str(exc)))
+    cat.index()  # bring the FAISS index up to date once
+    print(json.dumps({"added": added, "skipped_duplicates": skipped, "failed": len(failed), "works": cat.count()}))
+    for failed_path, err in failed:
+        print(f"failed: {failed_path}: {err}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+_cmd_add.setup = _setup_add  # type: ignore[attr-defined]
+command("add", "register works (files or a CSV manifest) in the catalogue")(_cmd_add)
+
+
+# --------------------------------------------------------------------------- remove / list
+def _setup_remove(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", type=int)
+    _catalogue_arg(p)
+
+
+def _cmd_remove(a: argparse.Namespace) -> int:
+    cat = open_catalogue(a)
+    w = cat.remove(a.id)
+    cat.index()
+    print(json.dumps({"removed": w.id, "title": w.title}))
+    return EXIT_OK
+
+
+_cmd_remove.setup = _setup_remove  # type: ignore[attr-defined]
+command("remove", "remove a work and its vectors")(_cmd_remove)
+
+
+def _setup_list(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--owner")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--offset", type=int, default=0)
+    _catalogue_arg(p)
+
+
+def _cmd_list(a: argparse.Namespace) -> int:
+    cat = open_catalogue(a)
+    works = cat.works(owner=a.owner, limit=a.limit, offset=a.offset)
+    if a.json:
+        print(json.dumps([w.to_dict() for w in works]))
+    else:
+        print(f"{'id':>6}  {'notes':>5}  {'owner':<16} {'external_id':<14} title")
+        for w in works:
+            print(f"{w.id:>6}  {w.n_notes:>5}  {w.owner[:16]:<16} {(w.external_id or '')[:14]:<14} {w.title}")
+        print(f"{cat.count(owner=a.owner)} works")
+    return EXIT_OK
+
+
+_cmd_list.setup = _setup_list  # type: ignore[attr-defined]
+command("list", "list the catalogue's works")(_cmd_list)
+
+
+# --------------------------------------------------------------------------- check
+_SEVERITY = {"clear": (0, EXIT_OK), "error": (1, EXIT_ERROR), "review": (2, EXIT_REVIEW), "block": (3, EXIT_BLOCK)}
+
+
+def _setup_check(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON report per line")
+    p.add_argument("--html", type=Path, help="write an HTML evidence report (one file: this path; several: a folder)")
+    p.add_argument("--review-evalue", type=float, default=None)
+    p.add_argument("--block-evalue", type=float, default=None)
+    _catalogue_arg(p)
+
+
+def describe(rep: dict[str, Any]) -> str:
+    """One plain-language paragraph for a report."""
+    from .evidence import match_sentence
+
+    q = rep["query"]
+    lines = [f"{q.get('path', '<query>')}: {rep['verdict'].upper()} ({q['n_notes']} notes)"]
+    for m in rep["matches"]:
+        stock = " [stock material]" if m["stock"]["is_stock"] else ""
+        lines.append(f"  [{m['verdict']}] {match_sentence(m)}; E-value {m['score']['evalue']:.3g}{stock}")
+    if not rep["matches"]:
+        lines.append("  no candidate matches")
+    return "\n".join(lines)
+
+
+def _cmd_check(a: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .detect import DEFAULT_DETECT, check_file
+
+    cfg = DEFAULT_DETECT
+    if a.review_evalue is not None:
+        cfg = dataclasses.replace(cfg, review_evalue=a.review_evalue)
+    if a.block_evalue is not None:
+        cfg = dataclasses.replace(cfg, block_evalue=a.block_evalue)
+    cat = open_catalogue(a)
+    cat.index()
+    worst = "clear"
+    for i, path in enumerate(a.files):
+        try:
+            rep = check_file(path, cat, config=cfg)
+            verdict = rep["verdict"]
+        except MelodyGuardError as exc:
+            rep = {"query": {"path": str(path)}, "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
+            verdict = "error"
+            print(f"melodyguard: error: {path}: {exc}", file=sys.stderr)
+        if _SEVERITY[verdict][0] > _SEVERITY[worst][0]:
+            worst = verdict
+        if a.json:
+            print(json.dumps(rep, default=_json_default))
+        elif verdict != "error":
+            print(describe(rep))
+        if a.html and verdict != "error":
+            from .evidence import write_html_report
+
+            out = a.html if len(a.files) == 1 else a.html / f"{i:04d}_{Path(path).stem}.html"
+            write_html_report(rep, cat, out, query_source=path)
+            if not a.json:
+                print(f"  HTML report: {out}")
+    return _SEVERITY[worst][1]
+
+
+_cmd_check.setup = _setup_check  # type: ignore[attr-defined]
+command("check", "check files against the catalogue; exit 0 clear, 10 review, 20 block, 3 error")(_cmd_check)
+
+
+# --------------------------------------------------------------------------- audit
+def _setup_audit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", type=Path, help="files or folders (searched for MIDI and audio)")
+    p.add_argument("--manifest", type=Path, help="CSV with a 'path' column")
+    p.add_argument("--out", type=Path, help="output folder (re-run with the same folder to resume)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument("--self", dest="self_audit", action="store_true",
+                   help="list clusters of near-duplicate works inside the catalogue")
+    p.add_argument("--no-html", action="store_true", help="skip the per-file evidence pages")
+    p.add_argument("--quiet", action="store_true")
+    _catalogue_arg(p)
+
+
+def _cmd_audit(a: argparse.Namespace) -> int:
+    from .audit import collect_files, run_audit, self_audit
+
+    if a.self_audit:
+        cat = open_catalogue(a)
+        clusters = self_audit(cat, progress=not a.quiet)
+        if a.out:
+            a.out.mkdir(parents=True, exist_ok=True)
+            (a.out / "self_audit.json").write_text(json.dumps(clusters, indent=2, default=float))
+        for c in clusters:
+            names = " | ".join(f"#{w['id']} {w['title']}" for w in c["works"])
+            print(f"{len(c['works'])} works, best E-value {c['best_evalue']:.3g}: {names}")
+        print(json.dumps({"clusters": len(clusters), "works_in_clusters": sum(len(c["works"]) for c in clusters)}))
+        return EXIT_OK
+    if not a.out:
+        raise InvalidInputError("audit needs --out DIR (or --self)")
+    files = collect_files(a.paths, manifest=a.manifest)
+    if not files:
+        raise InvalidInputError("nothing to audit: give files, folders or --manifest")
+    from .config import catalogue_dir
+
+    stats = run_audit(files, a.catalogue or catalogue_dir(), a.out, jobs=a.jobs, weights=a.weights,
+                      progress=not a.quiet, html_evidence=not a.no_html)
+    print(json.dumps(stats))
+    print(f"report: {a.out / 'report.html'}")
+    return EXIT_OK
+
+
+_cmd_audit.setup = _setup_audit  # type: ignore[attr-defined]
+command("audit", "check many files (resumable, parallel) or the catalogue itself (--self)")(_cmd_audit)

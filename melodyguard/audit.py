@@ -1,0 +1,265 @@
+"""Batch audits: many files against the catalogue, resumable, with ranked reports; and self-audits.
+
+Output folder of :func:`run_audit`::
+
+    results.jsonl     one JSON report per file (the detection report schema), or an error record
+    summary.csv       file, verdict, top work, E-value, segments
+    report.html       files ranked by risk, linking each flagged file's evidence page
+    evidence/*.html   one evidence page per file with a match
+
+``results.jsonl`` is appended to and flushed per file, so an interrupted audit re-run with the
+same output folder skips every file already in it (a half-written last line is dropped).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError, MelodyGuardError
+
+__all__ = ["collect_files", "run_audit", "self_audit", "write_summary"]
+
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".m4a"}
+MIDI_EXT = {".mid", ".midi", ".kar", ".smf"}
+_RISK = {"block": 0, "review": 1, "error": 2, "clear": 3}
+
+
+def collect_files(paths: Iterable[Path], *, manifest: Path | None = None) -> list[Path]:
+    """Files to audit: given files, MIDI/audio files under given folders, and a CSV's ``path`` column."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in MIDI_EXT | AUDIO_EXT and f.is_file())
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InvalidInputError(f"no such file or folder: {p}")
+    if manifest is not None:
+        if not manifest.is_file():
+            raise InvalidInputError(f"no such manifest: {manifest}")
+        with open(manifest, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise InvalidInputError(f"{manifest} needs a 'path' column; got {reader.fieldnames}")
+            for row in reader:
+                q = Path(row["path"])
+                out.append(q if q.is_absolute() else manifest.parent / q)
+    seen: set[str] = set()
+    uniq: list[Path] = []
+    for path in out:
+        k = str(path.resolve())
+        if k not in seen:
+            seen.add(k)
+            uniq.append(path)
+    return uniq
+
+
+def _read_done(results: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if not results.exists():
+        return done
+    good: list[str] = []
+    with open(results, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                break  # a half-written last line from an interruption
+            done[rec["query"]["path"]] = rec
+            good.append(line if line.endswith("\n") else line + "\n")
+    with open(results, "w", encoding="utf-8") as f:
+        f.writelines(good)
+    return done
+
+
+# Worker state: one catalogue per process, opened once.
+_W: dict[str, Any] = {}
+
+
+def _init_worker(cat_dir: str, weights: str | None) -> None:
+    import torch
+
+    from .index import Catalogue
+    from .model.encoder import load_encoder
+
+    torch.set_num_threads(1)
+    _W["cat"] = Catalogue(cat_dir, encoder=load_encoder(weights), persist_index=False)
+    _W["cat"].index()
+
+
+def _check_one(path: str) -> dict[str, Any]:
+    from .detect import check_file
+
+    try:
+        rep = check_file(path, _W["cat"])
+        rep["query"]["path"] = path
+        return rep
+    except MelodyGuardError as exc:
+        return {"query": {"path": path}, "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # an audit never stops for one file
+        return {"query": {"path": path}, "verdict": "error", "error": f"unexpected {type(exc).__name__}: {exc}"}
+
+
+def run_audit(
+    files: Sequence[Path],
+    catalogue_dir: Path,
+    out: Path,
+    *,
+    jobs: int = 1,
+    weights: Path | None = None,
+    progress: bool = True,
+    html_evidence: bool = True,
+    limit: int | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Audit ``files`` into ``out``; resumes from ``out/results.jsonl``. Returns counts."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = _read_done(results)
+    todo = [str(f) for f in files if str(f) not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    bar = tqdm(total=len(files), initial=len(files) - len([f for f in files if str(f) not in done]),
+               desc="audit", unit="file", disable=not progress)
+    with open(results, "a", encoding="utf-8") as fh:
+        def write(rec: dict[str, Any]) -> None:
+            fh.write(json.dumps(rec, default=float) + "\n")
+            fh.flush()
+            done[rec["query"]["path"]] = rec
+            bar.update(1)
+            if on_result:
+                on_result(rec)
+
+        if jobs <= 1:
+            _init_worker(str(catalogue_dir), str(weights) if weights else None)
+            for p in todo:
+                write(_check_one(p))
+        else:
+            with ProcessPoolExecutor(jobs, initializer=_init_worker,
+                                     initargs=(str(catalogue_dir), str(weights) if weights else None)) as ex:
+                futs = [ex.submit(_check_one, p) for p in todo]
+                for fut in as_completed(futs):
+                    write(fut.result())
+    bar.close()
+    ordered = [done[str(f)] for f in files if str(f) in done]
+    write_summary(ordered, out, catalogue_dir=catalogue_dir, weights=weights, html_evidence=html_evidence)
+    counts: dict[str, int] = {}
+    for r in ordered:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    return {"files": len(files), "checked_now": len(todo), "done": len(ordered), "verdicts": counts}
+
+
+def _segments_text(m: dict[str, Any]) -> str:
+    return "; ".join(
+        f"query bars {s['query']['bars'][0]}-{s['query']['bars'][1]} ~ ref bars {s['reference']['bars'][0]}-{s['reference']['bars'][1]}"
+        for s in m["segments"]
+    )
+
+
+def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir: Path | None = None,
+                  weights: Path | None = None, html_evidence: bool = True) -> None:
+    """``summary.csv``, ``report.html`` and per-file evidence pages for finished reports."""
+    ranked = sorted(
+        range(len(reports)),
+        key=lambda i: (_RISK.get(reports[i]["verdict"], 9),
+                       reports[i]["matches"][0]["score"]["evalue"] if reports[i].get("matches") else 1e300),
+    )
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "verdict", "top_work_id", "top_work_title", "evalue", "segments", "error"])
+        for r in reports:
+            m = r["matches"][0] if r.get("matches") else None
+            w.writerow([r["query"]["path"], r["verdict"], m["work"]["id"] if m else "", m["work"]["title"] if m else "",
+                        m["score"]["evalue"] if m else "", _segments_text(m) if m else "", r.get("error", "")])
+    cat = None
+    if html_evidence and catalogue_dir is not None and any(r["verdict"] in ("block", "review") for r in reports):
+        from .index import Catalogue
+        from .model.encoder import load_encoder
+
+        cat = Catalogue(catalogue_dir, encoder=load_encoder(weights), persist_index=False)
+    rows = []
+    ev_dir = out / "evidence"
+    for rank, i in enumerate(ranked):
+        r = reports[i]
+        link = ""
+        if cat is not None and r["verdict"] in ("block", "review"):
+            from .evidence import write_html_report
+
+            page = ev_dir / f"{i:05d}.html"
+            if not page.exists():
+                try:
+                    write_html_report(r, cat, page, query_source=r["query"]["path"])
+                except MelodyGuardError:
+                    page = None  # type: ignore[assignment]
+            if page is not None:
+                link = f"<a href='evidence/{page.name}'>evidence</a>"
+        m = r["matches"][0] if r.get("matches") else None
+        rows.append(
+            f"<tr><td>{rank + 1}</td><td><span class='verdict {html.escape(r['verdict'])}'>{html.escape(r['verdict'])}</span></td>"
+            f"<td>{html.escape(os.path.basename(r['query']['path']))}</td>"
+            f"<td>{html.escape(m['work']['title']) if m else ''}</td><td>{m['score']['evalue'] if m else ''}</td>"
+            f"<td>{html.escape(_segments_text(m)) if m else html.escape(r.get('error', ''))}</td><td>{link}</td></tr>"
+        )
+    from .evidence import _CSS
+
+    page_html = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>melodyguard audit</title>"
+        f"<style>{_CSS}</style></head><body><h1>melodyguard audit</h1>"
+        f"<p>{len(reports)} files, ranked by risk.</p><table><tr><th>#</th><th>verdict</th><th>file</th>"
+        "<th>top work</th><th>E-value</th><th>segments</th><th></th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+    (out / "report.html").write_text(page_html, encoding="utf-8")
+
+
+def self_audit(catalogue: Any, *, progress: bool = True, min_verdict: str = "review") -> list[dict[str, Any]]:
+    """Clusters of near-duplicate works inside the catalogue (duplicate registrations, one tune
+    under several titles): each work is checked against the others; works joined by a match of
+    at least ``min_verdict`` form a cluster."""
+    from tqdm import tqdm
+
+    from .detect import check_melody
+
+    works = catalogue.works()
+    parent = {w.id: w.id for w in works}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    levels = ("block",) if min_verdict == "block" else ("block", "review")
+    edges: list[tuple[int, int, float]] = []
+    for w in tqdm(works, desc="self-audit", unit="work", disable=not progress):
+        rep = check_melody(catalogue.melody(w.id), catalogue, exclude_work=w.id)
+        for m in rep["matches"]:
+            if m["verdict"] in levels:
+                other = m["work"]["id"]
+                edges.append((w.id, other, m["score"]["evalue"]))
+                parent[find(w.id)] = find(other)
+    groups: dict[int, list[int]] = {}
+    for w in works:
+        groups.setdefault(find(w.id), []).append(w.id)
+    by_id = {w.id: w for w in works}
+    clusters = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        es = [e for e in edges if e[0] in members]
+        clusters.append({
+            "works": [{"id": i, "title": by_id[i].title, "owner": by_id[i].owner, "external_id": by_id[i].external_id}
+                      for i in sorted(members)],
+            "best_evalue": min(e[2] for e in es) if es else None,
+        })
+    clusters.sort(key=lambda c: (c["best_evalue"] if c["best_evalue"] is not None else 1.0))
+    return clusters

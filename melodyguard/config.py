@@ -1,0 +1,41 @@
+"""Named, typed defaults in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_NOTES",
+    "DEFAULT_MIN_NOTES",
+    "DEFAULT_TEMPO_BPM",
+    "DEFAULT_CACHE_DIR",
+    "DEFAULT_CATALOGUE_DIR",
+    "cache_dir",
+    "catalogue_dir",
+]
+
+#: Largest input file read, in bytes (20 MiB). A MIDI file this large is almost surely not a song.
+DEFAULT_MAX_FILE_BYTES: int = 20 * 1024 * 1024
+#: Largest number of notes read from one file (all tracks together).
+DEFAULT_MAX_NOTES: int = 200_000
+#: Fewest melody notes that can be compared: an 8-note hook.
+DEFAULT_MIN_NOTES: int = 8
+#: Tempo assumed where a melody has no tempo of its own (beats per minute, quarter = beat).
+DEFAULT_TEMPO_BPM: float = 120.0
+
+#: Where derived data (the corpus cache) lives; ``MELODYGUARD_CACHE`` overrides it.
+DEFAULT_CACHE_DIR: Path = Path.home() / ".cache" / "melodyguard"
+#: Where the catalogue lives; ``MELODYGUARD_CATALOGUE`` overrides it.
+DEFAULT_CATALOGUE_DIR: Path = Path.home() / ".local" / "share" / "melodyguard" / "catalogue"
+
+
+def cache_dir() -> Path:
+    """The cache directory in force (``$MELODYGUARD_CACHE`` or :data:`DEFAULT_CACHE_DIR`)."""
+    return Path(os.environ.get("MELODYGUARD_CACHE", DEFAULT_CACHE_DIR))
+
+
+def catalogue_dir() -> Path:
+    """The catalogue directory in force (``$MELODYGUARD_CATALOGUE`` or the default)."""
+    return Path(os.environ.get("MELODYGUARD_CATALOGUE", DEFAULT_CATALOGUE_DIR))

@@ -1,0 +1,325 @@
+"""Detection: query windows -> k-NN -> temporal voting -> note alignment -> calibrated score -> verdict.
+
+Conventions
+-----------
+1. **Search.** Every window of the query (hop 1) is embedded and its ``k`` nearest catalogue
+   windows are fetched (cosine similarity). Hits under ``min_sim`` are dropped.
+2. **Temporal voting.** Each hit votes for ``(work, offset)`` where offset = reference start
+   note - query start note, binned by ``offset_bin`` notes (and the neighbouring bins, so that
+   ornaments and dropped notes, which shift the offset, still agree) -- the diagonal voting of
+   audio fingerprinting. A query window that hits many works at once is stock material and
+   its vote is divided by the square root of that number. The best-voted works are candidates.
+3. **Verification.** Each candidate's melody is aligned note by note with the query
+   (:func:`melodyguard.align.align_notes`), at the transpositions and tempo ratio the hits
+   agree on. The alignment gives the matched passage(s).
+4. **Score.** Local alignment scores of unrelated melodies follow an extreme-value (Gumbel)
+   law, as in BLAST. With ``lambda`` and ``K`` fitted on unrelated training-split melodies
+   (``scripts/calibrate.py``, stored in ``calibration.json``), the **E-value** of a score S is
+   ``E = K m N exp(-lambda S)``: the number of matches this good expected by chance when a
+   query of m notes is compared with a catalogue of N notes. ``p_chance = 1 - exp(-E)``.
+   Stock material counts for less: when other works match the same query passage as well as
+   this one, E is multiplied by ``1 + similar_works / stock_divisor``.
+5. **Verdict.** ``block`` when the best match has E <= ``block_evalue``, ``review`` when
+   E <= ``review_evalue``, else ``clear``. A match also needs ``min_matched_notes`` notes of
+   equal pitch in its passage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .align import DEFAULT_SCORING, Scoring, align_notes, note_iois, note_weights
+from .errors import InvalidInputError
+from .fingerprint.melody import Melody
+
+__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "Calibration", "load_calibration", "check_melody", "check_file"]
+
+REPORT_SCHEMA = "melodyguard.report/1"
+_CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    k: int = 32
+    min_sim: float = 0.55
+    max_candidates: int = 12
+    offset_bin: int = 6
+    review_evalue: float = 1e-2
+    block_evalue: float = 1e-6
+    min_matched_notes: int = 8
+    max_segments: int = 3
+    stock_divisor: float = 10.0
+    max_matches: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.block_evalue <= self.review_evalue:
+            raise InvalidInputError(
+                f"thresholds must satisfy 0 < block_evalue <= review_evalue; got {self.block_evalue}, {self.review_evalue}"
+            )
+        if self.k < 1 or self.max_candidates < 1:
+            raise InvalidInputError("k and max_candidates must be >= 1")
+
+
+DEFAULT_DETECT = DetectConfig()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    lam: float
+    K: float
+    info: dict[str, Any]
+
+    @property
+    def scoring(self) -> Scoring:
+        d = self.info.get("scoring")
+        return Scoring(**d) if d else DEFAULT_SCORING
+
+    def evalue(self, score: float, m: int, n: int) -> float:
+        return float(self.K * max(m, 1) * max(n, 1) * np.exp(-self.lam * score))
+
+
+_CAL: Calibration | None = None
+
+
+def load_calibration(path: Path | None = None) -> Calibration:
+    global _CAL
+    if path is None and _CAL is not None:
+        return _CAL
+    env = os.environ.get("MELODYGUARD_CALIBRATION")
+    p = path or (Path(env) if env else _CALIBRATION_PATH)
+    if p.is_file():
+        d = json.loads(p.read_text())
+        cal = Calibration(float(d["lambda"]), float(d["K"]), d)
+    else:  # uncalibrated fallback, stated in every report
+        cal = Calibration(0.5, 0.05, {"uncalibrated": True})
+    if path is None:
+        _CAL = cal
+    return cal
+
+
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(x)
+    c = np.cumsum(w[o])
+    return float(x[o][np.searchsorted(c, c[-1] / 2.0)])
+
+
+def _span(m: Melody, idx: np.ndarray) -> dict[str, Any]:
+    a, b = int(idx.min()), int(idx.max())
+    return {
+        "start_note": a,
+        "end_note": b,
+        "bars": [int(m.bars[a]), int(m.bars[b])],
+        "beats": [round(float(m.onsets_beats[a]), 3), round(float(m.onsets_beats[b] + m.durations_beats[b]), 3)],
+        "seconds": [round(float(m.onsets_seconds[a]), 3), round(float(m.onsets_seconds[b] + m.durations_seconds[b]), 3)],
+    }
+
+
+def check_melody(
+    melody: Melody,
+    catalogue: Any,
+    *,
+    config: DetectConfig = DEFAULT_DETECT,
+    query_info: dict[str, Any] | None = None,
+    exclude_work: int | None = None,
+) -> dict[str, Any]:
+    """Check one melody against a catalogue and return the JSON report (a dict).
+
+    ``exclude_work`` leaves one work out (used by self-audits).
+    """
+    t0 = time.perf_counter()
+    enc = catalogue.encoder
+    index, table = catalogue.index()
+    n_works = catalogue.count()
+    N = max(catalogue.total_notes, 1)
+    cal = load_calibration()
+    emb = enc.embed(melody, hop=1)
+    t_embed = time.perf_counter()
+    sims, vids = index.search(emb.vectors, config.k)
+    t_search = time.perf_counter()
+    rows = table.rows(vids)
+    ok = (rows >= 0) & (sims >= config.min_sim)
+    qw = emb.windows
+    # Per query window: the best hit per work.
+    votes: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+    hits: dict[int, list[tuple[int, int, float, int, float]]] = defaultdict(list)
+    similar_at: dict[int, int] = {}
+    for qi in range(rows.shape[0]):
+        r = rows[qi][ok[qi]]
+        s = sims[qi][ok[qi]]
+        if r.size == 0:
+            continue
+        works = table.work_id[r]
+        if exclude_work is not None:
+            keep = works != exclude_work
+            r, s, works = r[keep], s[keep], works[keep]
+            if r.size == 0:
+                continue
+        best: dict[int, int] = {}
+        for t in range(r.size):
+            w = int(works[t])
+            if w not in best or s[t] > s[best[w]]:
+                best[w] = t
+        top = float(s.max())
+        n_close = sum(1 for t in best.values() if s[t] >= top - 0.03)
+        similar_at[qi] = n_close
+        weight = 1.0 / np.sqrt(n_close)
+        q_start = int(qw.start[qi])
+        for w, t in best.items():
+            row = int(r[t])
+            off = int(table.start[row]) - q_start
+            b = int(np.floor(off / config.offset_bin))
+            v = (float(s[t]) - config.min_sim) * weight
+            for bb in (b - 1, b, b + 1):
+                votes[w][bb] += v
+            trans = int(table.ref_pitch[row] - qw.ref_pitch[qi])
+            ratio = float(table.median_ioi[row] / max(qw.median_ioi_beats[qi], 1e-6))
+            hits[w].append((qi, trans, float(s[t]), row, ratio))
+    ranked = sorted(votes, key=lambda w: -max(votes[w].values()))[: config.max_candidates]
+    t_vote = time.perf_counter()
+
+    q_ioi = note_iois(melody.onsets_beats, melody.durations_beats)
+    q_ioi_s = note_iois(melody.onsets_seconds, melody.durations_seconds)
+    background = cal.info.get("background")
+    wq = note_weights(melody.pitches, q_ioi, background)
+    matches = []
+    for w in ranked:
+        hw = hits[w]
+        trans_w: dict[int, float] = defaultdict(float)
+        for _, tr, s, _, _ in hw:
+            trans_w[tr] += s
+        transpositions = sorted(trans_w, key=lambda x: -trans_w[x])[:2]
+        ratio = _weighted_median(np.array([h[4] for h in hw]), np.array([h[2] for h in hw]))
+        ref = catalogue.melody(w)
+        r_ioi = note_iois(ref.onsets_beats, ref.durations_beats)
+        wr = note_weights(ref.pitches, r_ioi, background)
+        best_al: list[Any] = []
+        for tr in transpositions:
+            al = align_notes(melody.pitches, q_ioi, ref.pitches, r_ioi, transposition=tr, tempo_ratio=ratio,
+                             max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
+            if al and (not best_al or al[0].score > best_al[0].score):
+                best_al = al
+        if not best_al:
+            continue
+        segs: list[dict[str, Any]] = []
+        total_score = 0.0
+        q_cov = np.zeros(len(melody), bool)
+        r_cov = np.zeros(len(ref), bool)
+        for a in best_al:
+            eq = (melody.pitches[a.query_idx] + a.transposition) == ref.pitches[a.ref_idx]
+            n_eq = int(eq.sum())
+            if n_eq < config.min_matched_notes and segs:
+                continue
+            total_score += a.score
+            q_cov[a.query_idx.min(): a.query_idx.max() + 1] = True
+            r_cov[a.ref_idx.min(): a.ref_idx.max() + 1] = True
+            segs.append({
+                "query": _span(melody, a.query_idx),
+                "reference": _span(ref, a.ref_idx),
+                "matched_notes": n_eq,
+                "aligned_notes": int(a.n_pairs),
+                "alignment_score": round(a.score, 3),
+                "pairs": [[int(i), int(j)] for i, j in zip(a.query_idx, a.ref_idx)],
+            })
+        if not segs:
+            continue
+        main = best_al[0]
+        n_eq_main = segs[0]["matched_notes"]
+        qa, ra = main.query_idx, main.ref_idx
+        tempo_sec = float(np.median(note_iois(ref.onsets_seconds, ref.durations_seconds)[ra] / q_ioi_s[qa]))
+        beat_ratio = float(np.median(r_ioi[ra] / q_ioi[qa]))
+        qwin = [qi for qi in range(len(qw)) if qa.min() <= qw.start[qi] <= qa.max()]
+        similar = int(np.median([similar_at.get(qi, 1) for qi in qwin])) - 1 if qwin else 0
+        e = cal.evalue(main.score, len(melody), N) * (1.0 + max(similar, 0) / config.stock_divisor)
+        if n_eq_main < config.min_matched_notes:
+            e = max(e, 1.0)
+        work = catalogue.get(w)
+        matches.append({
+            "work": work.public() if not work.private else {"id": work.id, "external_id": None, "title": "(private work)", "owner": work.owner},
+            "_private": work.private,
+            "evalue": e,
+            "score": {
+                "evalue": float(f"{e:.4g}"),
+                "p_chance": float(f"{-np.expm1(-e):.4g}"),
+                "alignment_score": round(main.score, 3),
+                "total_alignment_score": round(total_score, 3),
+            },
+            "transposition_semitones": int(-main.transposition),
+            "tempo_ratio": round(tempo_sec, 3),
+            "beat_ratio": round(beat_ratio, 3),
+            "segments": segs,
+            "coverage": {"query": round(float(q_cov.mean()), 3), "reference": round(float(r_cov.mean()), 3)},
+            "stock": {"similar_works": max(similar, 0), "is_stock": similar >= 3},
+        })
+    matches.sort(key=lambda m: m["evalue"])
+    matches = matches[: config.max_matches]
+    for m in matches:
+        m["verdict"] = _verdict(m["evalue"], config)
+        del m["evalue"]
+    verdict = matches[0]["verdict"] if matches else "clear"
+    t_end = time.perf_counter()
+    q = {
+        "n_notes": len(melody),
+        "duration_seconds": round(melody.duration_seconds, 3),
+        "duration_beats": round(melody.duration_beats, 3),
+    }
+    q.update(query_info or {})
+    return {
+        "schema": REPORT_SCHEMA,
+        "query": q,
+        "verdict": verdict,
+        "thresholds": {"review_evalue": config.review_evalue, "block_evalue": config.block_evalue},
+        "catalogue": {"works": n_works, "notes": N, "encoder": enc.fingerprint, "index": index.manifest.kind,
+                      "calibrated": not cal.info.get("uncalibrated", False)},
+        "matches": matches,
+        "timing_ms": {
+            "embed": round(1000 * (t_embed - t0), 2),
+            "search": round(1000 * (t_search - t_embed), 2),
+            "vote": round(1000 * (t_vote - t_search), 2),
+            "verify": round(1000 * (t_end - t_vote), 2),
+            "total": round(1000 * (t_end - t0), 2),
+        },
+    }
+
+
+def _verdict(e: float, config: DetectConfig) -> str:
+    if e <= config.block_evalue:
+        return "block"
+    if e <= config.review_evalue:
+        return "review"
+    return "clear"
+
+
+def check_file(
+    source: str | Path | bytes,
+    catalogue: Any,
+    *,
+    config: DetectConfig = DEFAULT_DETECT,
+    filename: str | None = None,
+) -> dict[str, Any]:
+    """Extract the melody of a file and check it (see :func:`check_melody`)."""
+    from .fingerprint import extract_melody
+    from .fingerprint.midi import read_source
+
+    t0 = time.perf_counter()
+    data, name = read_source(source)
+    name = filename or name
+    melody = extract_melody(data, filename=name)
+    t_parse = time.perf_counter()
+    info = {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "track": melody.info.get("track"),
+            "track_name": melody.info.get("track_name")}
+    rep = check_melody(melody, catalogue, config=config, query_info=info)
+    rep["timing_ms"]["parse"] = round(1000 * (t_parse - t0), 2)
+    return rep
+
+
+def config_dict(config: DetectConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,169 @@
+"""Melody windows: the unit that is embedded, indexed and matched.
+
+Conventions
+-----------
+A window is ``length`` consecutive notes (default 16), taken every ``hop`` notes. A melody
+shorter than ``length`` but with at least ``min_notes`` notes gives one padded window.
+
+Each note of a window becomes two tokens, by an **invariant encoding** (not a normalisation
+that is undone later):
+
+- **pitch token**: the pitch minus the window's reference pitch, ``floor(median(pitches))``,
+  clipped to -24..+24 semitones. Transposing a melody by k semitones moves every pitch and
+  the reference by k, so the tokens are identical.
+- **rhythm token**: the inter-onset interval (to the next note; the last note of the melody
+  uses its own duration) divided by the window's median inter-onset interval, as
+  ``round(2 * log2(ratio))`` clipped to -6..+6 (half-octave steps of duration ratio). Scaling
+  time by any factor (a tempo change, or halving/doubling every note value) scales every
+  interval and the median alike, so the tokens are identical.
+
+Windows count notes, not beats, so tempo never changes which notes a window holds. Each window
+keeps its position: first/last note index, beats, seconds and bars.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import DEFAULT_MIN_NOTES
+from ..errors import InvalidInputError, MelodyTooShortError
+from .melody import Melody
+
+__all__ = [
+    "WINDOW_FORMAT_VERSION",
+    "WindowConfig",
+    "DEFAULT_WINDOW",
+    "Windows",
+    "PITCH_RANGE",
+    "N_PITCH_TOKENS",
+    "N_RHYTHM_TOKENS",
+    "PITCH_PAD",
+    "RHYTHM_PAD",
+    "encode_notes",
+    "window_melody",
+]
+
+#: Bumped whenever the token encoding changes; weights and indexes record it.
+WINDOW_FORMAT_VERSION = 1
+
+PITCH_RANGE = 24
+PITCH_PAD = 2 * PITCH_RANGE + 1  # 49
+N_PITCH_TOKENS = PITCH_PAD + 1  # 50
+RHYTHM_RANGE = 6
+RHYTHM_PAD = 2 * RHYTHM_RANGE + 1  # 13
+N_RHYTHM_TOKENS = RHYTHM_PAD + 1  # 14
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How a melody is cut into windows (lengths in notes)."""
+
+    length: int = 16
+    hop: int = 1
+    min_notes: int = DEFAULT_MIN_NOTES
+
+    def __post_init__(self) -> None:
+        if self.length < 4:
+            raise InvalidInputError(f"window length must be >= 4 notes; got {self.length}")
+        if self.hop < 1:
+            raise InvalidInputError(f"window hop must be >= 1 note; got {self.hop}")
+        if not 1 <= self.min_notes <= self.length:
+            raise InvalidInputError(
+                f"min_notes must be in 1..length ({self.length}); got {self.min_notes}"
+            )
+
+
+DEFAULT_WINDOW = WindowConfig()
+
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """Tokenised windows of one melody.
+
+    Attributes
+    ----------
+    pitch, rhythm : np.ndarray of int64, shape (n_windows, length)
+        Tokens, padded with :data:`PITCH_PAD` / :data:`RHYTHM_PAD`.
+    start : np.ndarray of int64, shape (n_windows,)
+        Index of each window's first note in the melody.
+    n_notes : np.ndarray of int64, shape (n_windows,)
+        Real (unpadded) notes in each window.
+    ref_pitch : np.ndarray of int64, shape (n_windows,)
+        Each window's reference pitch (MIDI), to undo the encoding.
+    median_ioi_beats : np.ndarray of float64, shape (n_windows,)
+        Each window's median inter-onset interval in beats, to undo the encoding.
+    """
+
+    pitch: np.ndarray
+    rhythm: np.ndarray
+    start: np.ndarray
+    n_notes: np.ndarray
+    ref_pitch: np.ndarray
+    median_ioi_beats: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.start.shape[0])
+
+
+def _iois(onsets: np.ndarray, durations: np.ndarray) -> np.ndarray:
+    ioi = np.empty_like(onsets)
+    ioi[:-1] = np.diff(onsets)
+    ioi[-1] = durations[-1]
+    return np.maximum(ioi, 1e-6)
+
+
+def encode_notes(
+    pitches: np.ndarray, iois: np.ndarray, *, length: int
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Tokens of one window given its pitches and inter-onset intervals (any time unit).
+
+    Returns ``(pitch_tokens, rhythm_tokens, ref_pitch, median_ioi)``, tokens padded to ``length``.
+    """
+    p = np.asarray(pitches, dtype=np.int64)[:length]
+    d = np.asarray(iois, dtype=np.float64)[:length]
+    ref = int(np.floor(np.median(p)))
+    med = float(np.median(d))
+    pt = np.full(length, PITCH_PAD, dtype=np.int64)
+    rt = np.full(length, RHYTHM_PAD, dtype=np.int64)
+    pt[: p.size] = np.clip(p - ref, -PITCH_RANGE, PITCH_RANGE) + PITCH_RANGE
+    r = np.rint(2.0 * np.log2(d / med) + 1e-9)
+    rt[: d.size] = np.clip(r, -RHYTHM_RANGE, RHYTHM_RANGE).astype(np.int64) + RHYTHM_RANGE
+    return pt, rt, ref, med
+
+
+def window_melody(melody: Melody, *, config: WindowConfig = DEFAULT_WINDOW) -> Windows:
+    """Cut a melody into tokenised windows.
+
+    Raises
+    ------
+    MelodyTooShortError
+        When the melody has fewer than ``config.min_notes`` notes.
+    """
+    n = len(melody)
+    if n < config.min_notes:
+        raise MelodyTooShortError(
+            f"melody has {n} notes; at least {config.min_notes} are needed to compare (min_notes)"
+        )
+    L = config.length
+    iois = _iois(melody.onsets_beats, melody.durations_beats)
+    if n <= L:
+        starts = [0]
+    else:
+        starts = list(range(0, n - L + 1, config.hop))
+        if starts[-1] != n - L:
+            starts.append(n - L)  # always cover the end of the melody
+    W = len(starts)
+    pitch = np.empty((W, L), dtype=np.int64)
+    rhythm = np.empty((W, L), dtype=np.int64)
+    refs = np.empty(W, dtype=np.int64)
+    meds = np.empty(W, dtype=np.float64)
+    counts = np.empty(W, dtype=np.int64)
+    for w, s in enumerate(starts):
+        e = min(s + L, n)
+        pitch[w], rhythm[w], refs[w], meds[w] = encode_notes(
+            melody.pitches[s:e], iois[s:e], length=L
+        )
+        counts[w] = e - s
+    return Windows(pitch, rhythm, np.asarray(starts, dtype=np.int64), counts, refs, meds)

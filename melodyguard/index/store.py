@@ -1,0 +1,441 @@
+"""The catalogue: a directory whose SQLite file is the source of truth.
+
+Layout of a catalogue directory::
+
+    catalogue.sqlite        works, melodies, windows and their vectors (WAL mode)
+    index/index.faiss       FAISS index derived from the windows table
+    index/index.manifest.json
+
+Every ``add`` is one SQLite transaction (work, melody, windows, vectors and the generation
+counter together), so a ``kill -9`` leaves either the whole work or nothing; running ``add``
+again completes the job. Readers (``check``) run while a writer adds, thanks to WAL. The FAISS
+index is brought up to date on open: vectors added since it was saved are appended, and any
+removal (or an index that fails its checksum) makes it rebuild from SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import catalogue_dir
+from ..errors import (
+    DuplicateWorkError,
+    IndexVersionError,
+    InvalidInputError,
+    WorkNotFoundError,
+)
+from ..fingerprint.melody import Melody, TimeSignature
+from .vectors import VectorIndex
+
+__all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable"]
+
+CATALOGUE_FORMAT_VERSION = 1
+#: Catalogue windows start every DEFAULT_HOP notes (queries use every note).
+DEFAULT_HOP = 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS works (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    external_id TEXT, title TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT '',
+    sha256 TEXT NOT NULL UNIQUE, added_at TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}',
+    private INTEGER NOT NULL DEFAULT 0, source_name TEXT NOT NULL DEFAULT '', n_notes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS works_owner ON works(owner);
+CREATE TABLE IF NOT EXISTS melodies (work_id INTEGER PRIMARY KEY REFERENCES works(id) ON DELETE CASCADE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS windows (
+    vid INTEGER PRIMARY KEY AUTOINCREMENT,
+    work_id INTEGER NOT NULL REFERENCES works(id) ON DELETE CASCADE,
+    start INTEGER NOT NULL, n_notes INTEGER NOT NULL, ref_pitch INTEGER NOT NULL,
+    median_ioi REAL NOT NULL, vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS windows_work ON windows(work_id);
+"""
+
+
+@dataclass(frozen=True)
+class Work:
+    id: int
+    external_id: str | None
+    title: str
+    owner: str
+    sha256: str
+    added_at: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    private: bool = False
+    source_name: str = ""
+    n_notes: int = 0
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "external_id": self.external_id, "title": self.title, "owner": self.owner}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True, eq=False)
+class WindowTable:
+    """Per-vector metadata, aligned by row; ``vid`` sorted ascending."""
+
+    vid: np.ndarray
+    work_id: np.ndarray
+    start: np.ndarray
+    n_notes: np.ndarray
+    ref_pitch: np.ndarray
+    median_ioi: np.ndarray
+
+    def rows(self, vids: np.ndarray) -> np.ndarray:
+        """Row of each vid (-1 where unknown)."""
+        pos = np.searchsorted(self.vid, vids)
+        pos = np.clip(pos, 0, max(len(self.vid) - 1, 0))
+        ok = (len(self.vid) > 0) & (self.vid[pos] == vids) if len(self.vid) else np.zeros(vids.shape, bool)
+        return np.where(ok, pos, -1)
+
+
+def _melody_json(m: Melody) -> str:
+    return json.dumps({
+        "p": m.pitches.tolist(), "ob": m.onsets_beats.tolist(), "db": m.durations_beats.tolist(),
+        "os": m.onsets_seconds.tolist(), "ds": m.durations_seconds.tolist(),
+        "ts": [[t.beat, t.numerator, t.denominator] for t in m.time_signatures],
+        "bars": m.bars.tolist(), "bib": m.beats_in_bar.tolist(), "has_beats": m.has_beats,
+    })
+
+
+def _melody_from_json(s: str, info: dict[str, Any]) -> Melody:
+    d = json.loads(s)
+    from ..fingerprint.melody import _frozen
+
+    return Melody(
+        _frozen(d["p"], np.int64), _frozen(d["ob"], np.float64), _frozen(d["db"], np.float64),
+        _frozen(d["os"], np.float64), _frozen(d["ds"], np.float64), _frozen(d["bars"], np.int64),
+        _frozen(d["bib"], np.float64), tuple(TimeSignature(*t) for t in d["ts"]), info, bool(d.get("has_beats", True)),
+    )
+
+
+class Catalogue:
+    """A catalogue directory. Thread-safe: writes are serialised, reads run concurrently.
+
+    Parameters
+    ----------
+    path : Path, optional
+        The directory (default ``$MELODYGUARD_CATALOGUE`` or the documented default).
+    encoder : Encoder, optional
+        The encoder used to embed added works (default: the shipped weights).
+    index_kind : str
+        ``auto``, ``flat``, ``ivf`` or ``hnsw``.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, encoder: Any = None, index_kind: str = "auto",
+                 hop: int = DEFAULT_HOP, persist_index: bool = True) -> None:
+        from ..model.encoder import load_encoder
+
+        self.path = Path(path) if path else catalogue_dir()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder or load_encoder()
+        self.index_kind = index_kind
+        self.hop = hop
+        self.persist_index = persist_index
+        self._write_lock = threading.Lock()
+        self._index_lock = threading.RLock()
+        self._local = threading.local()
+        self._index: VectorIndex | None = None
+        self._table: WindowTable | None = None
+        self._total_notes = 0
+        self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
+        with self._tx() as con:
+            self._check_meta(con)
+
+    # ------------------------------------------------------------------ sqlite
+    @property
+    def db_path(self) -> Path:
+        return self.path / "catalogue.sqlite"
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA busy_timeout=60000")
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        else:
+            con.execute("COMMIT")
+
+    def _check_meta(self, con: sqlite3.Connection) -> None:
+        want = {
+            "format_version": str(CATALOGUE_FORMAT_VERSION),
+            "encoder": self.encoder.fingerprint,
+            "dim": str(self.encoder.dim),
+            "window_length": str(self.encoder.config.window_length),
+            "hop": str(self.hop),
+        }
+        have = dict(con.execute("SELECT name, value FROM meta").fetchall())
+        if not have:
+            con.executemany("INSERT INTO meta VALUES (?, ?)", list(want.items()) + [("generation", "0")])
+            return
+        for k in ("format_version", "encoder", "dim", "window_length"):
+            if have.get(k) != want[k]:
+                raise IndexVersionError(
+                    f"catalogue {self.path} has {k}={have.get(k)}; the loaded encoder needs {want[k]}. "
+                    "Use the weights it was built with, or rebuild the catalogue."
+                )
+        self.hop = int(have.get("hop", self.hop))
+
+    def generation(self) -> int:
+        row = self._con().execute("SELECT value FROM meta WHERE name='generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    # ------------------------------------------------------------------ works
+    def _row_to_work(self, r: Sequence[Any]) -> Work:
+        return Work(int(r[0]), r[1], r[2], r[3], r[4], r[5], json.loads(r[6] or "{}"), bool(r[7]), r[8], int(r[9]))
+
+    _COLS = "id, external_id, title, owner, sha256, added_at, metadata, private, source_name, n_notes"
+
+    def find_sha(self, sha256: str) -> Work | None:
+        r = self._con().execute(f"SELECT {self._COLS} FROM works WHERE sha256=?", (sha256,)).fetchone()
+        return self._row_to_work(r) if r else None
+
+    def get(self, work_id: int) -> Work:
+        r = self._con().execute(f"SELECT {self._COLS} FROM works WHERE id=?", (int(work_id),)).fetchone()
+        if r is None:
+            raise WorkNotFoundError(f"no work with id {work_id}")
+        return self._row_to_work(r)
+
+    def works(self, *, owner: str | None = None, limit: int | None = None, offset: int = 0) -> list[Work]:
+        q = f"SELECT {self._COLS} FROM works"
+        args: list[Any] = []
+        if owner is not None:
+            q += " WHERE owner=?"
+            args.append(owner)
+        q += " ORDER BY id"
+        if limit is not None:
+            q += " LIMIT ? OFFSET ?"
+            args += [int(limit), int(offset)]
+        return [self._row_to_work(r) for r in self._con().execute(q, args)]
+
+    def count(self, *, owner: str | None = None) -> int:
+        if owner is None:
+            return int(self._con().execute("SELECT COUNT(*) FROM works").fetchone()[0])
+        return int(self._con().execute("SELECT COUNT(*) FROM works WHERE owner=?", (owner,)).fetchone()[0])
+
+    def melody(self, work_id: int) -> Melody:
+        r = self._con().execute("SELECT data FROM melodies WHERE work_id=?", (int(work_id),)).fetchone()
+        if r is None:
+            raise WorkNotFoundError(f"no work with id {work_id}")
+        return _melody_from_json(r[0], {"work_id": int(work_id)})
+
+    def add(
+        self,
+        source: str | Path | bytes,
+        *,
+        title: str | None = None,
+        owner: str = "",
+        external_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        private: bool = False,
+        filename: str | None = None,
+    ) -> Work:
+        """Register a file (MIDI or audio). Raises :class:`DuplicateWorkError` for a known file."""
+        from ..fingerprint import extract_melody
+        from ..fingerprint.midi import read_source
+
+        data, name = read_source(source)
+        name = filename or name
+        sha = hashlib.sha256(data).hexdigest()
+        existing = self.find_sha(sha)
+        if existing:
+            raise DuplicateWorkError(f"{name} is already registered as work {existing.id} ('{existing.title}')",
+                                     existing_id=existing.id)
+        melody = extract_melody(data, filename=name)
+        if title is None:
+            title = Path(name).stem if name != "<bytes>" else ""
+        return self.add_melody(melody, sha256=sha, title=title, owner=owner, external_id=external_id,
+                               metadata=metadata, private=private, source_name=Path(name).name)
+
+    def add_melody(
+        self,
+        melody: Melody,
+        *,
+        sha256: str,
+        title: str = "",
+        owner: str = "",
+        external_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        private: bool = False,
+        source_name: str = "",
+    ) -> Work:
+        """Register an already-extracted melody under a content hash."""
+        return self.add_melodies([{
+            "melody": melody, "sha256": sha256, "title": title, "owner": owner, "external_id": external_id,
+            "metadata": metadata, "private": private, "source_name": source_name,
+        }])[0]
+
+    def add_melodies(self, items: Sequence[dict[str, Any]], *, skip_duplicates: bool = False) -> list[Work]:
+        """Register many melodies in one transaction (each item: the keyword arguments of
+        :meth:`add_melody`). Embedding is batched, so this is the fast path for bulk imports.
+
+        With ``skip_duplicates`` a known sha256 is skipped instead of raising.
+        """
+        from ..fingerprint.windows import WindowConfig, window_melody
+
+        cfg = WindowConfig(length=self.encoder.config.window_length, hop=self.hop)
+        wins = []
+        for it in items:
+            m = it["melody"]
+            if not isinstance(m, Melody):
+                raise InvalidInputError(f"expected a Melody; got {type(m).__name__}")
+            title, owner, ext = it.get("title") or "", it.get("owner") or "", it.get("external_id")
+            if len(title) > 500 or (ext and len(ext) > 200) or len(owner) > 200:
+                raise InvalidInputError("title is limited to 500 characters, owner and external_id to 200")
+            wins.append(window_melody(m, config=cfg))
+        if not wins:
+            return []
+        vectors = self.encoder.embed_tokens(np.concatenate([w.pitch for w in wins]), np.concatenate([w.rhythm for w in wins]))
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        ids: list[int] = []
+        with self._write_lock, self._tx() as con:
+            pos = 0
+            for it, w in zip(items, wins):
+                vec = vectors[pos: pos + len(w)]
+                pos += len(w)
+                row = con.execute("SELECT id FROM works WHERE sha256=?", (it["sha256"],)).fetchone()
+                if row:
+                    if skip_duplicates:
+                        continue
+                    raise DuplicateWorkError(f"already registered as work {row[0]}", existing_id=int(row[0]))
+                cur = con.execute(
+                    "INSERT INTO works (external_id, title, owner, sha256, added_at, metadata, private, source_name, n_notes)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (it.get("external_id"), it.get("title") or "", it.get("owner") or "", it["sha256"], now,
+                     json.dumps(it.get("metadata") or {}), int(bool(it.get("private"))), it.get("source_name") or "",
+                     len(it["melody"])),
+                )
+                wid = int(cur.lastrowid or 0)
+                ids.append(wid)
+                con.execute("INSERT INTO melodies VALUES (?, ?)", (wid, _melody_json(it["melody"])))
+                con.executemany(
+                    "INSERT INTO windows (work_id, start, n_notes, ref_pitch, median_ioi, vector) VALUES (?,?,?,?,?,?)",
+                    [(wid, int(w.start[i]), int(w.n_notes[i]), int(w.ref_pitch[i]), float(w.median_ioi_beats[i]),
+                      vec[i].tobytes()) for i in range(len(w))],
+                )
+            con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
+        return [self.get(i) for i in ids]
+
+    def remove(self, work_id: int) -> Work:
+        """Delete a work with its melody, windows and vectors."""
+        work = self.get(work_id)
+        with self._write_lock, self._tx() as con:
+            con.execute("DELETE FROM windows WHERE work_id=?", (work.id,))
+            con.execute("DELETE FROM melodies WHERE work_id=?", (work.id,))
+            con.execute("DELETE FROM works WHERE id=?", (work.id,))
+            con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+        return work
+
+    # ------------------------------------------------------------------ index
+    def _load_windows(self, where: str = "", args: Sequence[Any] = ()) -> tuple[np.ndarray, WindowTable]:
+        rows = self._con().execute(
+            f"SELECT vid, work_id, start, n_notes, ref_pitch, median_ioi, vector FROM windows {where} ORDER BY vid", args
+        ).fetchall()
+        d = self.encoder.dim
+        if not rows:
+            e = np.zeros(0, np.int64)
+            return np.zeros((0, d), np.float32), WindowTable(e, e, e, e, e, np.zeros(0))
+        vec = np.frombuffer(b"".join(r[6] for r in rows), dtype=np.float32).reshape(len(rows), d)
+        cols = list(zip(*[r[:6] for r in rows]))
+        a = [np.asarray(c, dtype=np.int64) for c in cols[:5]]
+        t = WindowTable(a[0], a[1], a[2], a[3], a[4], np.asarray(cols[5], dtype=np.float64))
+        return vec, t
+
+    def index(self) -> tuple[VectorIndex, WindowTable]:
+        """The FAISS index and window table, brought up to date with SQLite."""
+        with self._index_lock:
+            gen = self.generation()
+            if self._index is not None and self._index.manifest.generation == gen:
+                assert self._table is not None
+                return self._index, self._table
+            folder = self.path / "index"
+            con = self._con()
+            last_removal = int((con.execute("SELECT value FROM meta WHERE name='last_removal'").fetchone() or [0])[0])
+            idx = self._index
+            if idx is None:
+                try:
+                    idx = VectorIndex.load(folder, encoder=self.encoder.fingerprint, dim=self.encoder.dim)
+                except IndexVersionError:
+                    idx = None  # missing, stale format or corrupt: rebuild from SQLite below
+            vec, table = self._load_windows()
+            if idx is not None and idx.manifest.generation >= last_removal and idx.ntotal == int(
+                (table.vid <= idx.manifest.max_vid).sum()
+            ) and idx.manifest.generation <= gen:
+                new = table.vid > idx.manifest.max_vid
+                idx.add(vec[new], table.vid[new], generation=gen)
+            else:
+                idx = VectorIndex.build(vec, table.vid, kind=self.index_kind, encoder=self.encoder.fingerprint, generation=gen)
+            self._index, self._table = idx, table
+            self._total_notes = int(self._con().execute("SELECT COALESCE(SUM(n_notes),0) FROM works").fetchone()[0])
+            if self.persist_index:
+                self._save_index(folder)
+            return idx, table
+
+    def _save_index(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "lock", "w") as lf:
+            try:
+                fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # another process is saving; it will be brought up to date next open
+            assert self._index is not None
+            self._index.save(folder)
+
+    def rebuild_index(self, *, kind: str | None = None) -> VectorIndex:
+        with self._index_lock:
+            if kind:
+                self.index_kind = kind
+            self._index = None
+            vec, table = self._load_windows()
+            self._index = VectorIndex.build(vec, table.vid, kind=self.index_kind, encoder=self.encoder.fingerprint,
+                                            generation=self.generation())
+            self._table = table
+            if self.persist_index:
+                self._save_index(self.path / "index")
+            return self._index
+
+    @property
+    def total_notes(self) -> int:
+        self.index()
+        return self._total_notes
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def __enter__(self) -> Catalogue:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,191 @@
+"""The FAISS vector index, derived from the catalogue's SQLite file and never trusted blindly.
+
+Conventions
+-----------
+Vectors are L2-normalised float32 rows, so inner product = cosine similarity. Each vector's
+FAISS id is its ``windows.vid`` in SQLite.
+
+Kinds: ``flat`` (exact inner product), ``ivf`` (IVF-Flat, ``nlist = 4 sqrt(n)``, ``nprobe``
+lists searched), ``hnsw`` (HNSW-Flat, M = 32). ``auto`` takes ``flat`` up to
+:data:`AUTO_FLAT_MAX` vectors and ``ivf`` beyond. GPU FAISS is used for search when faiss
+reports a GPU.
+
+On disk: ``index.faiss`` and ``index.manifest.json`` (format version, kind, dimension, metric,
+encoder fingerprint, catalogue generation, vector count, sha256), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, IndexVersionError
+
+__all__ = ["INDEX_FORMAT_VERSION", "AUTO_FLAT_MAX", "VectorIndex", "IndexManifest"]
+
+INDEX_FORMAT_VERSION = 1
+AUTO_FLAT_MAX = 100_000
+KINDS = ("auto", "flat", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    format_version: int
+    kind: str
+    dim: int
+    metric: str
+    encoder: str
+    generation: int
+    n_vectors: int
+    max_vid: int
+    sha256: str
+    params: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def resolve_kind(kind: str, n: int) -> str:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown index kind {kind!r}; choose from {KINDS}")
+    if kind == "auto":
+        return "flat" if n <= AUTO_FLAT_MAX else "ivf"
+    return kind
+
+
+class VectorIndex:
+    """A FAISS index over catalogue windows, with its manifest."""
+
+    def __init__(self, index: Any, manifest: IndexManifest) -> None:
+        self._index = index
+        self.manifest = manifest
+        self._search_index = index
+        faiss = _faiss()
+        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0 and manifest.kind != "hnsw":
+            try:  # pragma: no cover - no GPU in CI
+                self._search_index = faiss.index_cpu_to_all_gpus(index)
+            except Exception:
+                self._search_index = index
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @classmethod
+    def build(
+        cls,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        *,
+        kind: str = "auto",
+        encoder: str,
+        generation: int,
+        nprobe: int = 16,
+        seed: int = 0,
+    ) -> VectorIndex:
+        """Build an index over ``vectors`` ``(n, d)`` with int64 ``ids`` ``(n,)``."""
+        faiss = _faiss()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        n, d = vectors.shape if vectors.ndim == 2 else (0, 0)
+        real = resolve_kind(kind, n)
+        params: dict[str, Any] = {}
+        if real == "flat" or n == 0:
+            real = "flat"
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+        elif real == "ivf":
+            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
+            quant = faiss.IndexFlatIP(d)
+            ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rs = np.random.default_rng(seed)
+            sample = vectors[rs.choice(n, size=min(n, 64 * nlist), replace=False)]
+            ivf.train(sample)
+            ivf.nprobe = min(nprobe, nlist)
+            index = faiss.IndexIDMap2(ivf)
+            params = {"nlist": nlist, "nprobe": ivf.nprobe}
+        else:
+            h = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+            h.hnsw.efConstruction = 80
+            h.hnsw.efSearch = 96
+            index = faiss.IndexIDMap2(h)
+            params = {"M": 32, "efSearch": 96}
+        if n:
+            index.add_with_ids(vectors, ids)
+        man = IndexManifest(
+            INDEX_FORMAT_VERSION, real, int(d), "inner_product", encoder, int(generation), int(n),
+            int(ids.max()) if n else 0, "", params,
+        )
+        return cls(index, man)
+
+    def add(self, vectors: np.ndarray, ids: np.ndarray, *, generation: int) -> None:
+        if len(ids):
+            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+            self._search_index = self._index
+        m = self.manifest
+        self.manifest = IndexManifest(
+            m.format_version, m.kind, m.dim, m.metric, m.encoder, generation, self.ntotal,
+            max(m.max_vid, int(ids.max()) if len(ids) else 0), "", m.params,
+        )
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (similarities, ids), each ``(n_queries, k)``; missing neighbours have id -1."""
+        if self.ntotal == 0:
+            q = queries.shape[0]
+            return np.zeros((q, k), np.float32), np.full((q, k), -1, np.int64)
+        return self._search_index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, self.ntotal))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: Path) -> None:
+        """Write ``index.faiss`` and its manifest atomically (temp file, then rename)."""
+        from ..model.encoder import sha256_file
+
+        faiss = _faiss()
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"index.faiss.tmp{os.getpid()}"
+        faiss.write_index(self._index, str(tmp))
+        digest = sha256_file(tmp)
+        m = self.manifest
+        self.manifest = IndexManifest(
+            m.format_version, m.kind, m.dim, m.metric, m.encoder, m.generation, self.ntotal, m.max_vid, digest, m.params,
+        )
+        mtmp = folder / f"index.manifest.json.tmp{os.getpid()}"
+        mtmp.write_text(json.dumps(self.manifest.to_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, folder / "index.faiss")
+        os.replace(mtmp, folder / "index.manifest.json")
+
+    @classmethod
+    def load(cls, folder: Path, *, encoder: str, dim: int) -> VectorIndex:
+        """Load and verify an index. Raises :class:`IndexVersionError` on any mismatch."""
+        from ..model.encoder import sha256_file
+
+        faiss = _faiss()
+        mpath, ipath = folder / "index.manifest.json", folder / "index.faiss"
+        if not (mpath.is_file() and ipath.is_file()):
+            raise IndexVersionError(f"no index in {folder}")
+        try:
+            m = IndexManifest(**json.loads(mpath.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise IndexVersionError(f"index manifest {mpath} is unreadable: {exc}") from exc
+        if m.format_version != INDEX_FORMAT_VERSION:
+            raise IndexVersionError(f"index format v{m.format_version}; this melodyguard reads v{INDEX_FORMAT_VERSION}")
+        if m.encoder != encoder or m.dim != dim:
+            raise IndexVersionError(
+                f"index was built for encoder {m.encoder} (dim {m.dim}); the loaded encoder is {encoder} (dim {dim})"
+            )
+        if sha256_file(ipath) != m.sha256:
+            raise IndexVersionError(f"{ipath} does not match its manifest checksum (corrupt or replaced)")
+        index = faiss.read_index(str(ipath))
+        if index.ntotal != m.n_vectors:
+            raise IndexVersionError(f"{ipath} holds {index.ntotal} vectors; its manifest says {m.n_vectors}")
+        return cls(index, m)

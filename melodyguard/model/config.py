@@ -1,0 +1,55 @@
+"""Named model presets, as frozen configs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..fingerprint.windows import WINDOW_FORMAT_VERSION
+
+__all__ = ["VAEConfig", "PRESETS", "preset", "MODEL_FORMAT_VERSION"]
+
+#: Bumped whenever the weights' layout or the manifest's meaning changes.
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Architecture of the melody VAE (window length in notes)."""
+
+    name: str = "default"
+    window_length: int = 16
+    d_model: int = 128
+    heads: int = 4
+    ff: int = 256
+    enc_layers: int = 2
+    dec_layers: int = 2
+    dropout: float = 0.1
+    latent_dim: int = 64
+    window_format_version: int = WINDOW_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ConfigError(f"model config does not match this melodyguard: {exc}") from exc
+
+
+PRESETS: dict[str, VAEConfig] = {
+    "default": VAEConfig(),
+    "small": VAEConfig(name="small", d_model=64, heads=4, ff=128, enc_layers=2, dec_layers=1, latent_dim=32),
+    # For tests: trains in seconds.
+    "tiny": VAEConfig(name="tiny", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1, latent_dim=8),
+}
+
+
+def preset(name: str) -> VAEConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

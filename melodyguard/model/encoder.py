@@ -1,0 +1,220 @@
+"""Inference: load versioned weights, embed melody windows, generate melodies.
+
+Weights are a torch state dict (``*.pt``, loaded with ``weights_only=True``) beside a
+``*.manifest.json`` that records the model format version, the preset and its config, the
+latent dimension, the window format version, the training data, metrics, the package version
+and the weights' sha256. Loading refuses any mismatch with :class:`ModelVersionError`.
+
+The shipped ``default`` weights live in ``melodyguard/weights/``; ``$MELODYGUARD_WEIGHTS``
+(a ``.pt`` path) or the ``weights=`` argument points melodyguard at others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ModelVersionError
+from ..fingerprint.melody import Melody
+from ..fingerprint.windows import (
+    PITCH_PAD,
+    PITCH_RANGE,
+    RHYTHM_RANGE,
+    WINDOW_FORMAT_VERSION,
+    WindowConfig,
+    Windows,
+    window_melody,
+)
+from .config import MODEL_FORMAT_VERSION, VAEConfig
+from .vae import MelodyVAE
+
+__all__ = [
+    "Encoder",
+    "Embedding",
+    "DEFAULT_WEIGHTS",
+    "default_weights_path",
+    "save_weights",
+    "load_encoder",
+    "sha256_file",
+]
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.pt"
+_CACHE: dict[str, Encoder] = {}
+_LOCK = threading.Lock()
+
+
+def default_weights_path() -> Path:
+    env = os.environ.get("MELODYGUARD_WEIGHTS")
+    return Path(env) if env else DEFAULT_WEIGHTS
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest_path(weights: Path) -> Path:
+    return weights.with_suffix(".manifest.json")
+
+
+def save_weights(model: MelodyVAE, path: Path, *, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``path`` (state dict) and its manifest, atomically. Returns the manifest."""
+    from .. import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save(state, tmp)
+    tmp.replace(path)
+    manifest = {
+        "format": "melodyguard-vae",
+        "format_version": MODEL_FORMAT_VERSION,
+        "preset": model.config.name,
+        "config": model.config.to_dict(),
+        "latent_dim": model.config.latent_dim,
+        "window_format_version": model.config.window_format_version,
+        "package_version": __version__,
+        "sha256": sha256_file(path),
+        **(extra or {}),
+    }
+    mtmp = _manifest_path(path).with_suffix(".tmp")
+    mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    mtmp.replace(_manifest_path(path))
+    return manifest
+
+
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """Vectors of one melody's windows.
+
+    ``vectors`` is ``(n_windows, d)`` float32, L2-normalised; row i belongs to window i of
+    ``windows`` (its first note is ``windows.start[i]``).
+    """
+
+    vectors: np.ndarray
+    windows: Windows
+
+
+class Encoder:
+    """A loaded VAE in eval mode: embeds windows, decodes latents."""
+
+    def __init__(self, model: MelodyVAE, manifest: dict[str, Any]) -> None:
+        self.model = model.eval()
+        self.manifest = manifest
+        self.config: VAEConfig = model.config
+        self.dim = model.config.latent_dim
+        self.window_config = WindowConfig(length=model.config.window_length, hop=1)
+
+    @classmethod
+    def load(cls, weights: str | Path | None = None) -> Encoder:
+        """Load and verify weights (default: ``$MELODYGUARD_WEIGHTS`` or the shipped ones)."""
+        path = Path(weights) if weights else default_weights_path()
+        mpath = _manifest_path(path)
+        if not path.is_file():
+            raise ModelVersionError(f"no weights file at {path}")
+        if not mpath.is_file():
+            raise ModelVersionError(f"weights {path} have no manifest {mpath.name}; refusing to load")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except ValueError as exc:
+            raise ModelVersionError(f"manifest {mpath} is not valid JSON: {exc}") from exc
+        if manifest.get("format") != "melodyguard-vae" or manifest.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ModelVersionError(
+                f"{path.name}: model format {manifest.get('format')!r} v{manifest.get('format_version')}; "
+                f"this melodyguard reads melodyguard-vae v{MODEL_FORMAT_VERSION}"
+            )
+        if manifest.get("window_format_version") != WINDOW_FORMAT_VERSION:
+            raise ModelVersionError(
+                f"{path.name} was trained on window format v{manifest.get('window_format_version')}; "
+                f"this melodyguard makes v{WINDOW_FORMAT_VERSION} windows. Retrain or upgrade."
+            )
+        digest = sha256_file(path)
+        if digest != manifest.get("sha256"):
+            raise ModelVersionError(
+                f"{path.name} checksum {digest[:12]}… does not match its manifest "
+                f"({str(manifest.get('sha256'))[:12]}…): the file is corrupt or was replaced"
+            )
+        config = VAEConfig.from_dict(manifest["config"])
+        if config.latent_dim != manifest.get("latent_dim"):
+            raise ModelVersionError(f"{path.name}: manifest latent_dim disagrees with its config")
+        model = MelodyVAE(config)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:
+            raise ModelVersionError(f"cannot load weights {path}: {type(exc).__name__}: {exc}") from exc
+        return cls(model, manifest)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies these weights in index manifests."""
+        return str(self.manifest.get("sha256", ""))[:16]
+
+    @torch.inference_mode()
+    def embed_tokens(self, pitch: np.ndarray, rhythm: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+        """Posterior means of token windows, L2-normalised: ``(n, d)`` float32."""
+        n = pitch.shape[0]
+        out = np.empty((n, self.dim), dtype=np.float32)
+        for i in range(0, n, batch_size):
+            mu, _ = self.model.encode(
+                torch.from_numpy(np.ascontiguousarray(pitch[i:i + batch_size])),
+                torch.from_numpy(np.ascontiguousarray(rhythm[i:i + batch_size])),
+            )
+            out[i:i + batch_size] = torch.nn.functional.normalize(mu, dim=-1).numpy()
+        return out
+
+    def embed(self, melody: Melody, *, hop: int = 1, min_notes: int | None = None) -> Embedding:
+        """Window a melody (``hop`` notes apart) and embed every window."""
+        cfg = WindowConfig(
+            length=self.config.window_length, hop=hop,
+            min_notes=min_notes if min_notes is not None else self.window_config.min_notes,
+        )
+        w = window_melody(melody, config=cfg)
+        return Embedding(self.embed_tokens(w.pitch, w.rhythm), w)
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray, *, temperature: float = 0.0, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens ``(n, L)`` decoded from latents ``(n, d)``; greedy at temperature 0."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        p, r = self.model.sample_tokens(torch.as_tensor(z, dtype=torch.float32), temperature=temperature, generator=g)
+        return p.numpy(), r.numpy()
+
+    @torch.no_grad()
+    def reconstruct(self, pitch: np.ndarray, rhythm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy reconstruction from the posterior mean."""
+        mu, _ = self.model.encode(torch.from_numpy(pitch), torch.from_numpy(rhythm))
+        p, r = self.model.sample_tokens(mu, temperature=0.0)
+        return p.numpy(), r.numpy()
+
+
+def tokens_to_notes(
+    pitch: np.ndarray, rhythm: np.ndarray, *, ref_pitch: int, median_ioi: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undo the window encoding: tokens -> (pitches, onsets, durations) in beats."""
+    mask = pitch != PITCH_PAD
+    p = pitch[mask].astype(np.int64) - PITCH_RANGE + ref_pitch
+    r = rhythm[mask].astype(np.float64) - RHYTHM_RANGE
+    iois = median_ioi * np.power(2.0, np.clip(r, -RHYTHM_RANGE, RHYTHM_RANGE) / 2.0)
+    onsets = np.concatenate([[0.0], np.cumsum(iois)[:-1]])
+    return np.clip(p, 0, 127), onsets, iois
+
+
+def load_encoder(weights: str | Path | None = None) -> Encoder:
+    """Load an encoder once per process and path (thread-safe cache)."""
+    key = str(Path(weights) if weights else default_weights_path())
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Encoder.load(key)
+        return _CACHE[key]

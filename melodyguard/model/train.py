@@ -1,0 +1,227 @@
+"""Training the melody VAE (kept apart from inference in :mod:`melodyguard.model.encoder`).
+
+Objective per batch of windows A and edited views B of the same windows:
+
+- reconstruction: cross-entropy of A's pitch and rhythm tokens, decoded from z ~ q(z|A),
+  with word dropout on the decoder's inputs so that the decoder must read z;
+- KL with linear annealing to ``beta`` over the first ``anneal_frac`` of steps, and free bits
+  (``free_bits`` nats per dimension), so the latent stays in use;
+- contrastive (InfoNCE): the L2-normalised means of A and B must be each other's nearest
+  neighbours in the batch. B is A's window edited by :mod:`melodyguard.augment` (light, medium
+  or heavy), shifted by up to one note and sometimes cut to 8-15 notes. This is what makes the
+  latent a retrieval space and not only a reconstruction space. Pairs whose clean windows are
+  identical (stock material repeated across tunes) are not counted as negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..augment import augment
+from ..fingerprint.melody import Melody
+from ..fingerprint.windows import PITCH_PAD, RHYTHM_PAD, encode_notes
+from .config import VAEConfig
+from .vae import MelodyVAE
+
+__all__ = ["TrainConfig", "WindowSampler", "train_vae", "vae_loss"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 8000
+    batch_size: int = 256
+    lr: float = 2e-3
+    beta: float = 0.1
+    free_bits: float = 0.25
+    anneal_frac: float = 0.3
+    word_dropout: float = 0.3
+    contrastive_weight: float = 8.0
+    temperature: float = 0.1
+    checkpoint_every: int = 250
+    seed: int = 0
+    threads: int = 2
+    #: probabilities of the edit level for view B (none = shift only)
+    levels: tuple[tuple[str, float], ...] = (("none", 0.1), ("light", 0.3), ("medium", 0.35), ("heavy", 0.25))
+    short_prob: float = 0.15
+
+
+class WindowSampler:
+    """Random (window, edited window) token pairs from a list of melodies."""
+
+    def __init__(self, melodies: Sequence[Melody], *, length: int, seed: int = 0) -> None:
+        self.length = length
+        self.notes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.iois: list[np.ndarray] = []
+        index: list[tuple[int, int]] = []
+        for m in melodies:
+            if len(m) < 8:
+                continue
+            p = np.asarray(m.pitches)
+            o = np.asarray(m.onsets_beats)
+            d = np.asarray(m.durations_beats)
+            ioi = np.empty_like(o)
+            ioi[:-1] = np.diff(o)
+            ioi[-1] = d[-1]
+            k = len(self.notes)
+            self.notes.append((p, o, d))
+            self.iois.append(np.maximum(ioi, 1e-6))
+            for s in range(max(1, len(m) - length + 1)):
+                index.append((k, s))
+        self.index = np.asarray(index, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def sample(self, batch: int, *, levels: Sequence[tuple[str, float]], short_prob: float) -> dict[str, torch.Tensor]:
+        L = self.length
+        rng = self.rng
+        names = [lv for lv, _ in levels]
+        probs = np.asarray([w for _, w in levels], dtype=np.float64)
+        probs /= probs.sum()
+        rows = self.index[rng.integers(0, len(self.index), size=batch)]
+        A_p = np.empty((batch, L), np.int64)
+        A_r = np.empty((batch, L), np.int64)
+        B_p = np.empty((batch, L), np.int64)
+        B_r = np.empty((batch, L), np.int64)
+        for b, (k, s) in enumerate(rows):
+            p, o, d = self.notes[k]
+            A_p[b], A_r[b], _, _ = encode_notes(p[s:s + L], self.iois[k][s:s + L], length=L)
+            s2 = int(np.clip(s + rng.integers(-1, 2), 0, max(0, p.size - 8)))
+            seg = (p[s2:s2 + L + 6], o[s2:s2 + L + 6], d[s2:s2 + L + 6])
+            q, qo, qd = augment(seg, names[rng.choice(len(names), p=probs)], rng=rng)
+            n = min(L, q.size)
+            if rng.random() < short_prob and n > 8:
+                n = int(rng.integers(8, n))
+            ioi = np.empty(q.size)
+            ioi[:-1] = np.diff(qo)
+            ioi[-1] = qd[-1]
+            B_p[b], B_r[b], _, _ = encode_notes(q[:n], np.maximum(ioi[:n], 1e-6), length=L)
+        return {
+            "a_pitch": torch.from_numpy(A_p), "a_rhythm": torch.from_numpy(A_r),
+            "b_pitch": torch.from_numpy(B_p), "b_rhythm": torch.from_numpy(B_r),
+        }
+
+
+def vae_loss(
+    model: MelodyVAE, batch: dict[str, torch.Tensor], *, cfg: TrainConfig, beta: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    ap, ar = batch["a_pitch"], batch["a_rhythm"]
+    mu, logvar = model.encode(ap, ar)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    lp, lr = model.decode(z, ap, ar, word_dropout=cfg.word_dropout)
+    # Summed over the notes of a window (not averaged), so that it weighs against the KL of
+    # the whole window's latent; averaged over the batch.
+    rec = (
+        F.cross_entropy(lp.transpose(1, 2), ap, ignore_index=PITCH_PAD, reduction="sum")
+        + F.cross_entropy(lr.transpose(1, 2), ar, ignore_index=RHYTHM_PAD, reduction="sum")
+    ) / ap.shape[0]
+    kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
+    kl = torch.clamp(kl_dim, min=cfg.free_bits).sum()
+    mu_b, _ = model.encode(batch["b_pitch"], batch["b_rhythm"])
+    za = F.normalize(mu, dim=-1)
+    zb = F.normalize(mu_b, dim=-1)
+    logits = za @ zb.T / cfg.temperature
+    # Identical clean windows are not negatives of each other.
+    key = ap * 16 + ar
+    same = (key.unsqueeze(1) == key.unsqueeze(0)).all(-1)
+    eye = torch.eye(same.shape[0], dtype=torch.bool)
+    logits = logits.masked_fill(same & ~eye, -1e4)
+    target = torch.arange(logits.shape[0])
+    con = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    loss = rec + beta * kl + cfg.contrastive_weight * con
+    with torch.no_grad():
+        acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
+        top1 = (logits.argmax(1) == target).float().mean()
+    return loss, {
+        "loss": float(loss.detach()), "rec": float(rec.detach()), "kl": float(kl_dim.detach().sum()),
+        "con": float(con.detach()), "acc_tf": float(acc), "top1": float(top1),
+    }
+
+
+def train_vae(
+    melodies: Sequence[Melody],
+    *,
+    model_config: VAEConfig,
+    train_config: TrainConfig = TrainConfig(),
+    run_dir: Path,
+    progress: bool = True,
+    log: Any = None,
+) -> tuple[MelodyVAE, dict[str, Any]]:
+    """Train (or resume training) a VAE; checkpoints go to ``run_dir/checkpoint.pt``.
+
+    Returns the model in eval mode and a summary dict (steps, seconds, last metrics).
+    """
+    from tqdm import tqdm
+
+    cfg = train_config
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sampler = WindowSampler(melodies, length=model_config.window_length, seed=cfg.seed)
+    model = MelodyVAE(model_config)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, elapsed = 0, 0.0
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)  # our own checkpoint, never a user upload
+        if state["model_config"] != model_config.to_dict():
+            raise ValueError(f"{ckpt} was trained with another model config; use a new --run-dir")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        sampler.rng = np.random.default_rng(cfg.seed + step)
+        torch.manual_seed(cfg.seed + step)
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress)
+    metrics: dict[str, float] = {}
+    ema: dict[str, float] = {}
+    while step < cfg.steps:
+        frac = step / max(1, cfg.steps)
+        beta = cfg.beta * min(1.0, frac / max(cfg.anneal_frac, 1e-9))
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+        batch = sampler.sample(cfg.batch_size, levels=cfg.levels, short_prob=cfg.short_prob)
+        loss, metrics = vae_loss(model, batch, cfg=cfg, beta=beta)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = {k: 0.95 * ema.get(k, v) + 0.05 * v for k, v in metrics.items()}
+        bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(
+                {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+                 "elapsed": time.perf_counter() - t0, "model_config": model_config.to_dict(),
+                 "train_config": asdict(cfg)},
+                tmp,
+            )
+            tmp.replace(ckpt)
+            if log is not None:
+                log.write(json.dumps({"step": step, "beta": beta, **ema}) + "\n")
+                log.flush()
+    bar.close()
+    model.eval()
+    return model, {
+        "steps": step,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "windows": len(sampler),
+        "final": {k: round(v, 4) for k, v in ema.items()},
+        "train_config": asdict(cfg),
+    }

@@ -1,0 +1,90 @@
+"""A whole training job: data selection, training, saving versioned weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from ..corpus import TRAIN_COLLECTIONS, default_corpus_path, load_corpus
+from ..errors import ConfigError, MelodyGuardError
+from .config import preset as get_preset
+from .encoder import save_weights
+from .train import TrainConfig, train_vae
+
+__all__ = ["run_training"]
+
+
+def _melodies_from_dir(folder: Path) -> list[Any]:
+    from ..fingerprint import extract_melody
+
+    out = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() in {".mid", ".midi"}:
+            try:
+                out.append(extract_melody(path))
+            except MelodyGuardError:
+                continue
+    if not out:
+        raise ConfigError(f"no usable MIDI melodies under {folder}")
+    return out
+
+
+def run_training(
+    *,
+    preset: str = "default",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    corpus: Path | None = None,
+    midi_dir: Path | None = None,
+    run_dir: Path,
+    out: Path,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on the corpus' training split (or a folder of MIDI files) and save weights.
+
+    Returns the manifest written beside ``out``.
+    """
+    cfg = get_preset(preset)
+    tc = TrainConfig(seed=seed)
+    if steps is not None:
+        tc = dataclasses.replace(tc, steps=steps)
+    if batch_size is not None:
+        tc = dataclasses.replace(tc, batch_size=batch_size)
+    if midi_dir is not None:
+        melodies = _melodies_from_dir(midi_dir)
+        data: dict[str, Any] = {"source": str(midi_dir), "collections": None, "split": None, "tunes": len(melodies)}
+    else:
+        tunes = load_corpus(corpus, splits=["train"], collections=TRAIN_COLLECTIONS)
+        melodies = [t.melody for t in tunes]
+        data = {
+            "source": "music21 corpus cache " + str(corpus or default_corpus_path().name),
+            "collections": list(TRAIN_COLLECTIONS),
+            "split": "train (the 5% 'valid' and all 'heldout' collections excluded; never Essen)",
+            "tunes": len(melodies),
+        }
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(Path(run_dir) / "log.jsonl", "a") as log:
+        model, summary = train_vae(
+            melodies, model_config=cfg, train_config=tc, run_dir=run_dir, progress=progress, log=log
+        )
+    summary["data"] = data
+    summary["wall_seconds_this_run"] = round(time.time() - t0, 1)
+    return save_weights(model, out, extra={"training": summary})
+
+
+def export_checkpoint(run_dir: Path, out: Path) -> dict[str, Any]:
+    """Write the weights of a (possibly unfinished) training run's last checkpoint."""
+    import torch
+
+    from .config import VAEConfig
+    from .vae import MelodyVAE
+
+    state = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=False)  # our own file
+    model = MelodyVAE(VAEConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return save_weights(model, out, extra={"training": {"steps": state["step"], "partial": True}})

@@ -1,0 +1,390 @@
+#!/usr/bin/env python
+"""melodyguard benchmarks: model quality, detection quality against a baseline, speed.
+
+    python scripts/benchmark.py                      # everything, as in docs/benchmarks.md
+    python scripts/benchmark.py --sections model --window-queries 500   # quicker
+
+All quality figures are on the corpus' *held-out* collections (Essen, Aird's Airs, miscFolk),
+which the shipped weights never saw. The baseline (brute-force Smith-Waterman over pitch
+intervals and duration ratios against every work) is measured in the same run, on the same
+queries. Results are printed as Markdown and written to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from melodyguard.align import align_intervals, note_iois  # noqa: E402
+from melodyguard.augment import augment  # noqa: E402
+from melodyguard.corpus import HELDOUT_COLLECTIONS, load_corpus  # noqa: E402
+from melodyguard.fingerprint import Melody  # noqa: E402
+from melodyguard.fingerprint.windows import PITCH_PAD, encode_notes  # noqa: E402
+from melodyguard.model.encoder import Encoder, load_encoder  # noqa: E402
+
+WHOLE_LEVELS = ("transpose", "tempo", "light", "medium", "heavy")
+PARTIAL_LEVELS = ("light", "medium")
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def notes_of(m: Melody) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.asarray(m.pitches), np.asarray(m.onsets_beats), np.asarray(m.durations_beats)
+
+
+def to_melody(notes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Melody:
+    p, o, d = notes
+    return Melody.from_notes(p, o, d)
+
+
+# ----------------------------------------------------------------------------- model section
+def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: int, seed: int) -> dict[str, Any]:
+    import faiss
+    import torch
+
+    rng = np.random.default_rng(seed)
+    L = enc.config.window_length
+    # All hop-1 windows of the held-out tunes (capped), with their source note ranges.
+    P, R, src = [], [], []
+    for ti, t in enumerate(tunes):
+        p, o, d = notes_of(t.melody)
+        ioi = note_iois(o, d)
+        for s in range(0, max(1, len(p) - L + 1)):
+            pt, rt, _, _ = encode_notes(p[s:s + L], ioi[s:s + L], length=L)
+            P.append(pt)
+            R.append(rt)
+            src.append((ti, s))
+    P, R, src = np.asarray(P), np.asarray(R), np.asarray(src)
+    if len(P) > n_windows:
+        keep = np.sort(rng.choice(len(P), size=n_windows, replace=False))
+        P, R, src = P[keep], R[keep], src[keep]
+    out: dict[str, Any] = {"windows_indexed": int(len(P))}
+
+    # Throughput (batched, eval mode).
+    t0 = time.perf_counter()
+    V = enc.embed_tokens(P, R)
+    dt = time.perf_counter() - t0
+    out["embed_windows_per_s"] = round(len(P) / dt, 1)
+
+    # Reconstruction from mu (greedy, autoregressive), KL and active dimensions.
+    sub = rng.choice(len(P), size=min(5000, len(P)), replace=False)
+    rp, rr = [], []
+    for i in range(0, len(sub), 1000):
+        a, b = enc.reconstruct(P[sub[i:i + 1000]], R[sub[i:i + 1000]])
+        rp.append(a)
+        rr.append(b)
+    rp, rr = np.concatenate(rp), np.concatenate(rr)
+    mask = P[sub] != PITCH_PAD
+    out["recon_note_accuracy"] = round(float(((rp == P[sub]) & (rr == R[sub]))[mask].mean()), 4)
+    out["recon_pitch_accuracy"] = round(float((rp == P[sub])[mask].mean()), 4)
+    out["recon_rhythm_accuracy"] = round(float((rr == R[sub])[mask].mean()), 4)
+    with torch.inference_mode():
+        mu, logvar = enc.model.encode(torch.from_numpy(P[sub]), torch.from_numpy(R[sub]))
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+        out["kl_per_window_nats"] = round(float(kl.sum(1).mean()), 2)
+        out["active_dims"] = f"{int((mu.var(0) > 0.01).sum())}/{mu.shape[1]}"
+
+    # Window retrieval: edited held-out windows against all indexed windows, exact search.
+    index = faiss.IndexFlatIP(V.shape[1])
+    index.add(V)
+    qs = rng.choice(len(P), size=min(n_queries, len(P)), replace=False)
+    key = P * 16 + R
+    for level in WHOLE_LEVELS:
+        QP, QR = [], []
+        for i in qs:
+            ti, s = src[i]
+            p, o, d = notes_of(tunes[ti].melody)
+            seg = (p[s:s + L + 6], o[s:s + L + 6], d[s:s + L + 6])
+            q, qo, qd = augment(seg, level, rng=rng)
+            n = min(L, q.size)
+            pt, rt, _, _ = encode_notes(q[:n], note_iois(qo, qd)[:n], length=L)
+            QP.append(pt)
+            QR.append(rt)
+        QV = enc.embed_tokens(np.asarray(QP), np.asarray(QR))
+        _, I = index.search(QV, 1)
+        top = I[:, 0]
+        # A hit: the original window, or one with identical tokens (repeats inside folk tunes).
+        hit = (top == qs) | (key[top] == key[qs]).all(1)
+        out[f"window_top1_{level}"] = round(float(hit.mean()), 4)
+    return out
+
+
+# ----------------------------------------------------------------------------- detection section
+def make_queries(cat_tunes, hosts, *, n: int, rng) -> list[dict[str, Any]]:
+    queries = []
+    src_idx = rng.choice(len(cat_tunes), size=min(n, len(cat_tunes)), replace=False)
+    for level in WHOLE_LEVELS:
+        for i in src_idx:
+            q = augment(notes_of(cat_tunes[i].melody), level, rng=rng)
+            if len(q[0]) >= 8:
+                queries.append({"kind": "whole", "level": level, "source": int(i), "melody": to_melody(q)})
+    for level in PARTIAL_LEVELS:
+        for i in src_idx:
+            p, o, d = notes_of(cat_tunes[i].melody)
+            ln = int(rng.integers(12, 25))
+            if len(p) < ln:
+                continue
+            s = int(rng.integers(0, len(p) - ln + 1))
+            ex = augment((p[s:s + ln], o[s:s + ln] - o[s], d[s:s + ln]), level, rng=rng)
+            host = hosts[int(rng.integers(len(hosts)))].melody
+            hp, ho, hd = notes_of(host)
+            k = int(rng.integers(0, len(hp) + 1))
+            # Scale the excerpt to the host's pace so the insert is not given away by tempo.
+            scale = float(np.median(note_iois(ho, hd)) / max(np.median(note_iois(ex[1], ex[2])), 1e-6))
+            ins_o = ex[1] * scale
+            ins_d = ex[2] * scale
+            start = ho[k - 1] + hd[k - 1] if k > 0 else 0.0
+            span = ins_o[-1] + ins_d[-1]
+            P = np.concatenate([hp[:k], ex[0], hp[k:]])
+            O = np.concatenate([ho[:k], start + ins_o, ho[k:] + span])
+            D = np.concatenate([hd[:k], ins_d, hd[k:]])
+            queries.append({"kind": "partial", "level": level, "source": int(i), "melody": Melody.from_notes(P, O, D),
+                            "excerpt_notes": ln})
+    return queries
+
+
+def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
+    thr = np.quantile(neg, 1 - fpr, method="higher") if len(neg) else 0.0
+    return float(np.mean(pos > thr))
+
+
+def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: int, baseline_queries: int,
+                      seed: int, index_kind: str) -> dict[str, Any]:
+    from melodyguard.detect import check_melody
+    from melodyguard.index import Catalogue
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    hosts = [pool[i] for i in order[:n_neg]]
+    cat_tunes = [pool[i] for i in order[n_neg:n_neg + size]]
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
+    res: dict[str, Any] = {"catalogue_works": len(cat_tunes)}
+    try:
+        r0 = rss_mb()
+        cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
+        t0 = time.perf_counter()
+        for b in range(0, len(cat_tunes), 500):
+            cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title, "owner": t.collection}
+                              for t in cat_tunes[b:b + 500]])
+        idx, table = cat.index()
+        dt = time.perf_counter() - t0
+        res["ingest_works_per_s"] = round(len(cat_tunes) / dt, 1)
+        res["vectors"] = idx.ntotal
+        res["index_kind"] = idx.manifest.kind
+        disk = sum(f.stat().st_size for f in (tmp / "cat").rglob("*") if f.is_file())
+        res["disk_bytes_per_work"] = int(disk / len(cat_tunes))
+        res["ram_mb_growth_per_1k_works"] = round((rss_mb() - r0) / len(cat_tunes) * 1000, 2)
+        # Recall of the approximate index against exact search, when approximate.
+        if idx.manifest.kind != "flat":
+            import faiss
+
+            vec = np.frombuffer(b"".join(r[0] for r in cat._con().execute("SELECT vector FROM windows ORDER BY vid")),
+                                dtype=np.float32).reshape(-1, enc.dim)
+            flat = faiss.IndexFlatIP(enc.dim)
+            flat.add(vec)
+            qv = vec[rng.choice(len(vec), size=1000, replace=False)] + rng.normal(0, 0.05, (1000, enc.dim)).astype(np.float32)
+            _, I1 = flat.search(qv, 10)
+            _, I2 = idx.search(qv, 10)
+            exact_ids = table.vid[I1]
+            res["ann_recall_at_10"] = round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact_ids, I2)])), 4)
+
+        sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
+        wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
+        queries = make_queries(cat_tunes, hosts, n=n_queries, rng=rng)
+        check_melody(queries[0]["melody"], cat)  # warm-up (numba compile, caches)
+        lat = []
+        for q in queries:
+            t1 = time.perf_counter()
+            rep = check_melody(q["melody"], cat)
+            lat.append(time.perf_counter() - t1)
+            ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
+            q["rank"] = ranks.index(q["source"]) + 1 if q["source"] in ranks else 0
+            ev = [m["score"]["evalue"] for m in rep["matches"] if wid_to_i[m["work"]["id"]] == q["source"]]
+            q["score"] = -np.log10(max(ev[0], 1e-300)) if ev else -10.0
+            q["verdict"] = rep["verdict"]
+        neg_scores, neg_verdicts = [], []
+        for h in hosts:
+            rep = check_melody(h.melody, cat)
+            neg_scores.append(-np.log10(max(rep["matches"][0]["score"]["evalue"], 1e-300)) if rep["matches"] else -10.0)
+            neg_verdicts.append(rep["verdict"])
+        neg_scores = np.asarray(neg_scores)
+        res["latency_ms_p50"] = round(1000 * float(np.percentile(lat, 50)), 1)
+        res["latency_ms_p95"] = round(1000 * float(np.percentile(lat, 95)), 1)
+        res["negatives"] = len(hosts)
+        res["fpr_default_review"] = round(float(np.mean([v != "clear" for v in neg_verdicts])), 4)
+        res["fpr_default_block"] = round(float(np.mean([v == "block" for v in neg_verdicts])), 4)
+
+        # Baseline on a subsample of queries (same queries for both systems in that table).
+        cat_notes = [(np.asarray(t.melody.pitches), note_iois(t.melody.onsets_beats, t.melody.durations_beats)) for t in cat_tunes]
+        align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
+
+        def baseline(m: Melody) -> np.ndarray:
+            qp, qi = np.asarray(m.pitches), note_iois(m.onsets_beats, m.durations_beats)
+            return np.array([align_intervals(qp, qi, p, i) for p, i in cat_notes])
+
+        bl_lat = []
+        bq = {}
+        for q in queries:
+            bq.setdefault((q["kind"], q["level"]), []).append(q)
+        for qs in bq.values():
+            for q in qs[:baseline_queries]:
+                t1 = time.perf_counter()
+                sc = baseline(q["melody"])
+                bl_lat.append(time.perf_counter() - t1)
+                order_ = np.argsort(-sc, kind="stable")
+                q["bl_rank"] = int(np.flatnonzero(order_ == q["source"])[0]) + 1
+                q["bl_score"] = float(sc[q["source"]])
+        bl_neg = np.asarray([baseline(h.melody).max() for h in hosts[:max(baseline_queries, 100)]])
+        res["baseline_latency_ms_p50"] = round(1000 * float(np.percentile(bl_lat, 50)), 1)
+        res["speedup_vs_baseline_p50"] = round(res["baseline_latency_ms_p50"] / max(res["latency_ms_p50"], 1e-9), 1)
+
+        rows = []
+        for (kind, level), qs in bq.items():
+            ranks = np.array([q["rank"] for q in qs])
+            scores = np.array([q["score"] for q in qs])
+            sub = [q for q in qs if "bl_rank" in q]
+            br = np.array([q["bl_rank"] for q in sub])
+            bs = np.array([q["bl_score"] for q in sub])
+            sr = np.array([q["rank"] for q in sub])
+            ss = np.array([q["score"] for q in sub])
+            rows.append({
+                "kind": kind, "level": level, "queries": len(qs),
+                "recall@1": round(float(np.mean(ranks == 1)), 4),
+                "mrr": round(float(np.mean(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0))), 4),
+                "tpr@1%fpr": round(tpr_at_fpr(scores, neg_scores), 4),
+                "flagged_default": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
+                "paired_queries": len(sub),
+                "ours_recall@1_paired": round(float(np.mean(sr == 1)), 4),
+                "ours_tpr_paired": round(tpr_at_fpr(ss, neg_scores), 4),
+                "baseline_recall@1": round(float(np.mean(br == 1)), 4),
+                "baseline_mrr": round(float(np.mean(1.0 / br)), 4),
+                "baseline_tpr@1%fpr": round(tpr_at_fpr(bs, bl_neg), 4),
+            })
+        res["levels"] = rows
+        cat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def parse_latency(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
+    """Latency of check_file (MIDI parsing included) on a small catalogue."""
+    import io
+
+    import pretty_midi
+
+    from melodyguard.detect import check_file
+    from melodyguard.index import Catalogue
+
+    rng = np.random.default_rng(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-parse-"))
+    try:
+        cat = Catalogue(tmp / "cat", encoder=enc)
+        cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title} for t in pool[:1000]])
+        cat.index()
+        files = []
+        for i in rng.choice(len(pool), size=n, replace=False):
+            m = pool[int(i)].melody
+            pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+            inst = pretty_midi.Instrument(0)
+            for p, o, d in zip(m.pitches, m.onsets_seconds, m.durations_seconds):
+                inst.notes.append(pretty_midi.Note(90, int(p), float(o), float(o + d)))
+            pm.instruments.append(inst)
+            b = io.BytesIO()
+            pm.write(b)
+            files.append(b.getvalue())
+        check_file(files[0], cat)
+        lat = []
+        for f in files:
+            t0 = time.perf_counter()
+            check_file(f, cat)
+            lat.append(time.perf_counter() - t0)
+        return {"with_parse_ms_p50": round(1000 * float(np.percentile(lat, 50)), 1),
+                "with_parse_ms_p95": round(1000 * float(np.percentile(lat, 95)), 1), "catalogue_works": 1000}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_markdown(results: dict[str, Any]) -> None:
+    if "model" in results:
+        m = results["model"]
+        print("\n### Model (held-out windows)\n")
+        print("| metric | value |\n|---|---|")
+        for k, v in m.items():
+            print(f"| {k} | {v} |")
+    for key in sorted(k for k in results if k.startswith("detect_")):
+        d = results[key]
+        print(f"\n### Detection, catalogue of {d['catalogue_works']} held-out works ({d['index_kind']} index, {d['vectors']} vectors)\n")
+        print("| query | level | n | recall@1 | MRR | TPR@1%FPR | flagged by default | baseline recall@1 | baseline MRR | baseline TPR@1%FPR | ours on the same n |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in d["levels"]:
+            print(f"| {r['kind']} | {r['level']} | {r['queries']} | {r['recall@1']:.3f} | {r['mrr']:.3f} | {r['tpr@1%fpr']:.3f} | "
+                  f"{r['flagged_default']:.3f} | {r['baseline_recall@1']:.3f} | {r['baseline_mrr']:.3f} | {r['baseline_tpr@1%fpr']:.3f} | "
+                  f"R@1 {r['ours_recall@1_paired']:.3f}, TPR {r['ours_tpr_paired']:.3f} (n={r['paired_queries']}) |")
+        print()
+        for k in ("negatives", "fpr_default_review", "fpr_default_block", "ingest_works_per_s", "latency_ms_p50", "latency_ms_p95",
+                  "baseline_latency_ms_p50", "speedup_vs_baseline_p50", "disk_bytes_per_work", "ram_mb_growth_per_1k_works", "ann_recall_at_10"):
+            if k in d:
+                print(f"- {k}: {d[k]}")
+    if "parse" in results:
+        print("\n### Latency with MIDI parsing\n")
+        for k, v in results["parse"].items():
+            print(f"- {k}: {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", nargs="*", default=["model", "detect", "parse"])
+    ap.add_argument("--sizes", nargs="*", type=int, default=[1000, 10000])
+    ap.add_argument("--queries", type=int, default=200, help="source works per level")
+    ap.add_argument("--negatives", type=int, default=500)
+    ap.add_argument("--baseline-queries", type=int, default=100, help="queries per level also run through the baseline")
+    ap.add_argument("--window-index", type=int, default=150_000)
+    ap.add_argument("--window-queries", type=int, default=2000)
+    ap.add_argument("--index-kind", default="auto")
+    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=Path("runs/benchmark.json"))
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(2)
+    enc = load_encoder(a.weights)
+    pool = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS)
+    results: dict[str, Any] = {"command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                               "weights": enc.fingerprint, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
+    t0 = time.time()
+    if "model" in a.sections:
+        results["model"] = model_section(enc, pool, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed)
+        print(json.dumps(results["model"]), flush=True)
+    if "detect" in a.sections:
+        for size in a.sizes:
+            r = detection_section(enc, pool, size=size, n_queries=a.queries, n_neg=a.negatives,
+                                  baseline_queries=a.baseline_queries, seed=a.seed, index_kind=a.index_kind)
+            results[f"detect_{size}"] = r
+            print(json.dumps(r), flush=True)
+    if "parse" in a.sections:
+        results["parse"] = parse_latency(enc, pool, n=100, seed=a.seed)
+    results["seconds"] = round(time.time() - t0, 1)
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(results, indent=2, default=float))
+    print_markdown(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

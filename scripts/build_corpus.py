@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Export music21's bundled melodies to the versioned corpus cache (resumable, parallel).
+
+    python scripts/build_corpus.py [--limit N] [--jobs 2] [--out PATH]
+
+A second run reuses every tune already exported; an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from melodyguard.corpus import COLLECTIONS, build_corpus, default_corpus_path  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="export only the first N tunes (all collections interleaved)")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel worker processes")
+    ap.add_argument("--out", type=Path, default=None, help=f"cache file (default {default_corpus_path()})")
+    ap.add_argument("--collections", nargs="*", default=list(COLLECTIONS), choices=list(COLLECTIONS))
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    stats = build_corpus(a.out, collections=a.collections, limit=a.limit, jobs=a.jobs, progress=not a.quiet)
+    print(json.dumps(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# README command 2: set up and run every check (lint, types, tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec bash scripts/check

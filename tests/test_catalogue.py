@@ -1,0 +1,243 @@
+"""The catalogue: SQLite truth, derived FAISS index, duplicates, removal, crash safety, detection."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_catalogue_melodies, melody_midi, random_melody
+
+from melodyguard import Catalogue, Melody, check_file, check_melody, cli
+from melodyguard.errors import (
+    CorruptFileError,
+    DuplicateWorkError,
+    IndexVersionError,
+    MelodyTooShortError,
+    NoMelodyError,
+    WorkNotFoundError,
+)
+from melodyguard.model.encoder import Encoder
+
+
+@pytest.fixture
+def catalogue(tmp_path, shipped_encoder, rng):
+    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+    mels = make_catalogue_melodies(rng, 24, 48)
+    cat.add_melodies([{"melody": m, "sha256": f"sha{i}", "title": f"tune {i}", "owner": "acme"} for i, m in enumerate(mels)])
+    return cat, mels
+
+
+def test_add_list_get_remove(tmp_path, shipped_encoder, rng, write):
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    p, o, d = random_melody(rng, 30)
+    f = write("a.mid", melody_midi(p, o, d))
+    w = cat.add(f, title="A", owner="me", external_id="ISWC-1", metadata={"year": 1850})
+    assert (w.title, w.owner, w.external_id, w.metadata, w.n_notes) == ("A", "me", "ISWC-1", {"year": 1850}, 30)
+    with pytest.raises(DuplicateWorkError, match="already registered as work 1"):
+        cat.add(f, title="again")
+    idx, _ = cat.index()
+    n = idx.ntotal
+    assert n == len(range(0, 30 - 16 + 1, 2)) + 0  # hop 2 covers the end exactly here
+    f2 = write("b.mid", melody_midi(*random_melody(rng, 20)))
+    w2 = cat.add(f2)
+    assert cat.index()[0].ntotal > n
+    cat.remove(w2.id)
+    assert cat.index()[0].ntotal == n
+    assert [x.id for x in cat.works()] == [w.id]
+    with pytest.raises(WorkNotFoundError, match="no work with id 99"):
+        cat.remove(99)
+
+
+def test_index_persisted_and_brought_up_to_date(tmp_path, shipped_encoder, rng):
+    path = tmp_path / "c"
+    cat = Catalogue(path, encoder=shipped_encoder)
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(make_catalogue_melodies(rng, 5))])
+    n = cat.index()[0].ntotal
+    man = json.loads((path / "index" / "index.manifest.json").read_text())
+    assert man["n_vectors"] == n and man["dim"] == shipped_encoder.dim and man["encoder"] == shipped_encoder.fingerprint
+    # Another process adds a work: a reopened catalogue appends it to the saved index.
+    other = Catalogue(path, encoder=shipped_encoder)
+    other.add_melody(make_catalogue_melodies(rng, 1)[0], sha256="late")
+    again = Catalogue(path, encoder=shipped_encoder)
+    assert again.index()[0].ntotal == n + 13
+    # A corrupt index file is never trusted: it is rebuilt from SQLite.
+    (path / "index" / "index.faiss").write_bytes(b"garbage")
+    fresh = Catalogue(path, encoder=shipped_encoder)
+    assert fresh.index()[0].ntotal == n + 13
+
+
+def test_catalogue_refuses_other_encoder(tmp_path, shipped_encoder, tiny_weights, rng):
+    path = tmp_path / "c"
+    Catalogue(path, encoder=shipped_encoder).add_melody(make_catalogue_melodies(rng, 1)[0], sha256="x")
+    with pytest.raises(IndexVersionError, match="encoder"):
+        Catalogue(path, encoder=Encoder.load(tiny_weights))
+
+
+def test_exact_and_edited_copy_found_with_evidence(catalogue, rng):
+    cat, mels = catalogue
+    src = mels[5]
+    q = Melody.from_notes(src.pitches + 3, src.onsets_beats * 2, src.durations_beats * 2, tempo_bpm=90)
+    rep = check_melody(q, cat)
+    top = rep["matches"][0]
+    assert rep["verdict"] == "block"
+    assert top["work"]["title"] == "tune 5"
+    assert top["transposition_semitones"] == 3
+    assert top["beat_ratio"] == pytest.approx(0.5)
+    seg = top["segments"][0]
+    assert seg["matched_notes"] == 48 and seg["query"]["start_note"] == 0 and seg["reference"]["end_note"] == 47
+    assert top["coverage"]["query"] == 1.0
+    assert top["score"]["p_chance"] < 1e-6
+
+
+def test_partial_copy_located(catalogue, rng):
+    cat, mels = catalogue
+    src = mels[7]
+    hp, ho, hd = random_melody(np.random.default_rng(99), 40, low=50, high=65)
+    s, ln, at = 10, 20, 15  # copy notes 10..29 of work 7 into the host after its 15th note
+    ep, eo, ed = src.pitches[s:s + ln] - 2, src.onsets_beats[s:s + ln] - src.onsets_beats[s], src.durations_beats[s:s + ln]
+    shift = ho[at]
+    span = float(eo[-1] + ed[-1])
+    P = np.concatenate([hp[:at], ep, hp[at:]])
+    O = np.concatenate([ho[:at], shift + eo, ho[at:] + span])
+    D = np.concatenate([hd[:at], ed, hd[at:]])
+    rep = check_melody(Melody.from_notes(P, O, D), cat)
+    top = rep["matches"][0]
+    assert top["work"]["title"] == "tune 7" and rep["verdict"] in ("review", "block")
+    seg = top["segments"][0]
+    assert abs(seg["query"]["start_note"] - at) <= 1 and abs(seg["query"]["end_note"] - (at + ln - 1)) <= 1
+    assert abs(seg["reference"]["start_note"] - s) <= 1
+    assert top["transposition_semitones"] == -2
+    assert seg["matched_notes"] >= ln - 2
+
+
+def test_unrelated_melody_is_clear(catalogue):
+    cat, _ = catalogue
+    q = Melody.from_notes(*random_melody(np.random.default_rng(12345), 48))
+    assert check_melody(q, cat)["verdict"] == "clear"
+
+
+def test_bad_input_leaves_catalogue_intact(catalogue, write, rng):
+    cat, _ = catalogue
+    before = (cat.count(), cat.index()[0].ntotal)
+    import io
+
+    import pretty_midi
+
+    drums = pretty_midi.PrettyMIDI()
+    dr = pretty_midi.Instrument(0, is_drum=True)
+    dr.notes = [pretty_midi.Note(100, 36, k * 0.5, k * 0.5 + 0.1) for k in range(16)]
+    drums.instruments.append(dr)
+    buf = io.BytesIO()
+    drums.write(buf)
+    cases = [
+        (b"not a midi at all", CorruptFileError, "x.mid"),
+        (melody_midi(*random_melody(rng, 4)), MelodyTooShortError, "short.mid"),
+        (buf.getvalue(), NoMelodyError, "drums.mid"),
+    ]
+    for data, err, name in cases:
+        with pytest.raises(err):
+            cat.add(data, filename=name)
+        with pytest.raises(err):
+            check_file(data, cat, filename=name)
+    assert (cat.count(), cat.index()[0].ntotal) == before
+
+
+def _write_works(tmp_path: Path, rng, n: int) -> Path:
+    rows = []
+    for i in range(n):
+        f = tmp_path / f"w{i:03d}.mid"
+        f.write_bytes(melody_midi(*random_melody(rng, 60)))
+        rows.append({"path": f.name, "title": f"work {i}", "owner": "o", "external_id": f"E{i}"})
+    man = tmp_path / "works.csv"
+    with open(man, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "title", "owner", "external_id"])
+        w.writeheader()
+        w.writerows(rows)
+    return man
+
+
+def _consistent(db: Path) -> tuple[int, int]:
+    con = sqlite3.connect(db)
+    works = con.execute("SELECT id, n_notes FROM works").fetchall()
+    for wid, n in works:
+        assert con.execute("SELECT COUNT(*) FROM melodies WHERE work_id=?", (wid,)).fetchone()[0] == 1
+        nw = con.execute("SELECT COUNT(*) FROM windows WHERE work_id=?", (wid,)).fetchone()[0]
+        assert nw == len(range(0, n - 16 + 1, 2)) + (1 if (n - 16) % 2 else 0)
+    orphans = con.execute("SELECT COUNT(*) FROM windows WHERE work_id NOT IN (SELECT id FROM works)").fetchone()[0]
+    assert orphans == 0
+    return len(works), con.execute("SELECT COUNT(*) FROM windows").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_kill_9_during_add_then_resume(tmp_path, rng):
+    """A kill -9 mid-import leaves a consistent catalogue; re-running add completes it; check works meanwhile."""
+    man = _write_works(tmp_path, rng, 40)
+    cat_dir = tmp_path / "cat"
+    env = {**os.environ, "MELODYGUARD_CATALOGUE": str(cat_dir)}
+    cmd = [sys.executable, "-m", "melodyguard", "add", "--manifest", str(man), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = cat_dir / "catalogue.sqlite"
+    deadline = time.time() + 120
+    n_seen = 0
+    checked = False
+    while time.time() < deadline:
+        if db.exists():
+            try:
+                n_seen = sqlite3.connect(db, timeout=5).execute("SELECT COUNT(*) FROM works").fetchone()[0]
+            except sqlite3.OperationalError:
+                n_seen = 0
+        if n_seen >= 3 and not checked:
+            # check runs while add is still writing
+            r = subprocess.run([sys.executable, "-m", "melodyguard", "check", str(tmp_path / "w000.mid"), "--json"],
+                               env=env, capture_output=True, text=True, timeout=120)
+            assert r.returncode in (0, 10, 20), r.stderr
+            checked = True
+        if n_seen >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "add finished before it could be killed; make the import longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_works, _ = _consistent(db)
+    assert 8 <= n_works < 40
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    n_works, _ = _consistent(db)
+    assert n_works == 40
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["skipped_duplicates"] >= 8 and summary["added"] + summary["skipped_duplicates"] == 40
+    assert checked
+
+
+def test_cli_check_exit_codes_and_json_lines(tmp_path, rng, capsys, monkeypatch):
+    monkeypatch.setenv("MELODYGUARD_CATALOGUE", str(tmp_path / "cat"))
+    p, o, d = random_melody(rng, 40)
+    work = tmp_path / "work.mid"
+    work.write_bytes(melody_midi(p, o, d))
+    assert cli.main(["add", str(work), "--title", "Original", "--owner", "label"]) == 0
+    copy = tmp_path / "copy.mid"
+    copy.write_bytes(melody_midi(p + 2, o, d, tempo=150))
+    other = tmp_path / "other.mid"
+    other.write_bytes(melody_midi(*random_melody(np.random.default_rng(5), 40)))
+    bad = tmp_path / "bad.mid"
+    bad.write_bytes(b"nope")
+    capsys.readouterr()
+    assert cli.main(["check", str(other)]) == cli.EXIT_OK
+    assert "CLEAR" in capsys.readouterr().out
+    assert cli.main(["check", str(copy), str(other), "--json"]) == cli.EXIT_BLOCK
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [x["verdict"] for x in lines] == ["block", "clear"]
+    assert lines[0]["matches"][0]["work"]["title"] == "Original" and lines[0]["schema"] == "melodyguard.report/1"
+    assert cli.main(["check", str(bad)]) == cli.EXIT_ERROR
+    assert "not a Standard MIDI File" in capsys.readouterr().err
+    assert cli.main(["list", "--json"]) == 0
+    assert [w["title"] for w in json.loads(capsys.readouterr().out)] == ["Original"]

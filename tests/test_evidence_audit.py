@@ -1,0 +1,128 @@
+"""Evidence HTML, batch audits (resumable), self-audits and guarded generation."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from conftest import make_catalogue_melodies, melody_midi, random_melody
+
+from melodyguard import Catalogue, Melody, check_file, check_melody, cli
+from melodyguard.audit import collect_files, run_audit, self_audit
+from melodyguard.evidence import match_sentence, write_html_report
+from melodyguard.model.generate import melody_to_midi, sample_melodies
+
+
+@pytest.fixture
+def small_catalogue(tmp_path, shipped_encoder, rng):
+    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+    mels = make_catalogue_melodies(rng, 12, 40)
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}", "title": f"tune {i}", "owner": "acme"} for i, m in enumerate(mels)])
+    return cat, mels
+
+
+def _strip(rep):
+    return (rep["verdict"], [(m["work"]["id"], m["score"]["evalue"], m["verdict"]) for m in rep.get("matches", [])])
+
+
+def test_html_report_has_a_picture_per_match_and_no_network(small_catalogue, tmp_path):
+    cat, mels = small_catalogue
+    src = mels[3]
+    q = tmp_path / "q.mid"
+    q.write_bytes(melody_midi(src.pitches + 4, src.onsets_beats, src.durations_beats))
+    rep = check_file(q, cat)
+    assert rep["matches"] and rep["verdict"] == "block"
+    out = write_html_report(rep, cat, tmp_path / "r.html", query_source=q)
+    page = out.read_text()
+    assert page.count("src='data:image/png;base64,") == len(rep["matches"])
+    assert not re.search(r"(src|href)=['\"]?https?://", page)
+    assert "transposed +4 semitones" in match_sentence(rep["matches"][0])
+    assert "tune 3" in page and "E-value" in page
+
+
+def test_check_html_cli(small_catalogue, tmp_path, monkeypatch, capsys):
+    cat, mels = small_catalogue
+    q = tmp_path / "q.mid"
+    q.write_bytes(melody_midi(mels[1].pitches, mels[1].onsets_beats, mels[1].durations_beats))
+    code = cli.main(["check", str(q), "--html", str(tmp_path / "out.html"), "--catalogue", str(cat.path)])
+    assert code == cli.EXIT_BLOCK
+    assert "data:image/png;base64" in (tmp_path / "out.html").read_text()
+
+
+def _audit_files(tmp_path, mels, rng, n=10):
+    files = []
+    for i in range(n):
+        f = tmp_path / "in" / f"f{i:02d}.mid"
+        f.parent.mkdir(exist_ok=True)
+        if i % 3 == 0:
+            m = mels[i % len(mels)]
+            f.write_bytes(melody_midi(m.pitches + 1, m.onsets_beats, m.durations_beats))
+        elif i == 4:
+            f.write_bytes(b"corrupt")
+        else:
+            f.write_bytes(melody_midi(*random_melody(rng, 36)))
+        files.append(f)
+    return files
+
+
+def test_audit_resumes_to_the_same_results(small_catalogue, tmp_path, rng):
+    cat, mels = small_catalogue
+    files = _audit_files(tmp_path, mels, rng)
+    full = run_audit(files, cat.path, tmp_path / "full", progress=False)
+    assert full["done"] == 10 and full["verdicts"]["error"] == 1 and full["verdicts"]["block"] == 4
+    part = run_audit(files, cat.path, tmp_path / "part", progress=False, limit=5)
+    assert part["done"] == 5
+    with open(tmp_path / "part" / "results.jsonl", "a") as fh:
+        fh.write('{"query": {"path": "half-writ')  # an interruption mid-line
+    resumed = run_audit(files, cat.path, tmp_path / "part", progress=False)
+    assert resumed["checked_now"] == 5 and resumed["done"] == 10
+    a = {json.loads(x)["query"]["path"]: _strip(json.loads(x)) for x in (tmp_path / "full" / "results.jsonl").read_text().splitlines()}
+    b = {json.loads(x)["query"]["path"]: _strip(json.loads(x)) for x in (tmp_path / "part" / "results.jsonl").read_text().splitlines()}
+    assert a == b
+    summary = (tmp_path / "part" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("file,verdict,top_work_id") and len(summary) == 11
+    html = (tmp_path / "part" / "report.html").read_text()
+    assert html.index("f00.mid") < html.index("f01.mid")  # ranked by risk: blocks first
+    assert len(list((tmp_path / "part" / "evidence").glob("*.html"))) == 4
+
+
+def test_audit_collects_folders_and_manifest(tmp_path, rng):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.mid").write_bytes(b"x")
+    (tmp_path / "d" / "sub" / "b.MID").write_bytes(b"x")
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    (tmp_path / "m.csv").write_text("path\nd/a.mid\n")
+    files = collect_files([tmp_path / "d"], manifest=tmp_path / "m.csv")
+    assert sorted(f.name for f in files) == ["a.mid", "b.MID"]
+
+
+def test_self_audit_finds_planted_duplicate(small_catalogue):
+    cat, mels = small_catalogue
+    dup = mels[6]
+    cat.add_melody(Melody.from_notes(dup.pitches - 2, dup.onsets_beats, dup.durations_beats), sha256="dup",
+                   title="Same Tune Other Title")
+    clusters = self_audit(cat, progress=False)
+    titles = [sorted(w["title"] for w in c["works"]) for c in clusters]
+    assert ["Same Tune Other Title", "tune 6"] in titles
+    assert all(len(t) == 2 for t in titles)
+
+
+def test_guarded_generation_never_keeps_a_flagged_candidate(tmp_path, shipped_encoder):
+    raw = sample_melodies(shipped_encoder, 4, bars=8, seed=3)
+    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+    # Plant what the unguarded generator produces for seed 3.
+    cat.add_melodies([{"melody": m, "sha256": f"g{i}", "title": f"planted {i}"} for i, m in enumerate(raw[:3])])
+    out = tmp_path / "g"
+    code = cli.main(["generate", "--guard", "--n", "4", "--seed", "3", "--out", str(out), "--catalogue", str(cat.path)])
+    assert code == 0
+    summary = json.loads((out / "guard_summary.json").read_text())
+    assert summary["rejected"] >= 3 and summary["kept"] == 4
+    assert {r["work"]["title"] for r in summary["rejections"] if "work" in r} >= {"planted 0", "planted 1", "planted 2"}
+    for f in sorted(out.glob("*.mid")):
+        assert check_file(f, cat)["verdict"] == "clear"
+        assert json.loads(f.with_suffix(".json").read_text())["verdict"] == "clear"
+    # and the unguarded output for the same seed is flagged
+    assert check_melody(raw[0], cat)["verdict"] != "clear"
+    assert melody_to_midi(raw[0])[:4] == b"MThd"

@@ -1,0 +1,117 @@
+"""The VAE: training loop, embedding shapes and determinism, versioned weights, generation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pretty_midi
+import pytest
+from conftest import random_melody
+
+from melodyguard import Melody, cli
+from melodyguard.corpus import HELDOUT_COLLECTIONS
+from melodyguard.errors import ModelVersionError
+from melodyguard.fingerprint import extract_melody
+from melodyguard.model.config import preset
+from melodyguard.model.encoder import Encoder
+from melodyguard.model.train import TrainConfig, train_vae
+
+
+def test_training_resumes_from_checkpoint(tmp_path, rng):
+    mels = [Melody.from_notes(*random_melody(rng, 24)) for _ in range(6)]
+    cfg = TrainConfig(steps=2, batch_size=8, threads=1, checkpoint_every=1)
+    _, s1 = train_vae(mels, model_config=preset("tiny"), train_config=cfg, run_dir=tmp_path, progress=False)
+    assert s1["steps"] == 2 and (tmp_path / "checkpoint.pt").exists()
+    cfg2 = TrainConfig(steps=4, batch_size=8, threads=1, checkpoint_every=1)
+    _, s2 = train_vae(mels, model_config=preset("tiny"), train_config=cfg2, run_dir=tmp_path, progress=False)
+    assert s2["steps"] == 4
+    assert all(np.isfinite(v) for v in s2["final"].values())
+
+
+def test_embedding_shapes_norm_and_determinism(tiny_weights, rng):
+    enc = Encoder.load(tiny_weights)
+    mel = Melody.from_notes(*random_melody(rng, 40))
+    e1 = enc.embed(mel)
+    e2 = enc.embed(mel)
+    assert e1.vectors.shape == (40 - 16 + 1, enc.dim) and e1.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e1.vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(e1.vectors, e2.vectors)
+    assert list(e1.windows.start) == list(range(25))
+
+
+def test_save_load_round_trip(tiny_weights, tmp_path, rng):
+    a = Encoder.load(tiny_weights)
+    for f in (tiny_weights, tiny_weights.with_suffix(".manifest.json")):
+        shutil.copy(f, tmp_path / f.name)
+    b = Encoder.load(tmp_path / tiny_weights.name)
+    mel = Melody.from_notes(*random_melody(rng, 30))
+    np.testing.assert_array_equal(a.embed(mel).vectors, b.embed(mel).vectors)
+    assert b.manifest["preset"] == "tiny" and b.manifest["latent_dim"] == 8
+
+
+def _copy(tiny_weights, tmp_path):
+    w = tmp_path / "w.pt"
+    shutil.copy(tiny_weights, w)
+    shutil.copy(tiny_weights.with_suffix(".manifest.json"), tmp_path / "w.manifest.json")
+    return w, tmp_path / "w.manifest.json"
+
+
+def test_manifest_refuses_corrupt_weights(tiny_weights, tmp_path):
+    w, _ = _copy(tiny_weights, tmp_path)
+    data = bytearray(w.read_bytes())
+    data[-20] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelVersionError, match="checksum"):
+        Encoder.load(w)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("window_format_version", 999, "window format"),
+    ("format_version", 999, "model format"),
+])
+def test_manifest_refuses_version_mismatch(tiny_weights, tmp_path, field, value, msg):
+    w, m = _copy(tiny_weights, tmp_path)
+    man = json.loads(m.read_text())
+    man[field] = value
+    m.write_text(json.dumps(man))
+    with pytest.raises(ModelVersionError, match=msg):
+        Encoder.load(w)
+
+
+def test_manifest_missing(tiny_weights, tmp_path):
+    w, m = _copy(tiny_weights, tmp_path)
+    m.unlink()
+    with pytest.raises(ModelVersionError, match="no manifest"):
+        Encoder.load(w)
+
+
+def test_generate_cli_writes_readable_midi(tiny_weights, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert cli.main(["generate", "--n", "3", "--out", str(out), "--bars", "4", "--weights", str(tiny_weights)]) == 0
+    files = sorted(out.glob("*.mid"))
+    assert len(files) == 3
+    for f in files:
+        pm = pretty_midi.PrettyMIDI(str(f))
+        assert pm.instruments and pm.get_end_time() > 0
+        mel = extract_melody(f, min_notes=1)
+        assert mel.duration_beats <= 16.0 + 1e-6
+
+
+def test_generate_is_seeded(tiny_weights, tmp_path):
+    for d in ("a", "b"):
+        assert cli.main(["generate", "--n", "2", "--out", str(tmp_path / d), "--seed", "5", "--weights", str(tiny_weights)]) == 0
+    for fa, fb in zip(sorted((tmp_path / "a").glob("*.mid")), sorted((tmp_path / "b").glob("*.mid"))):
+        np.testing.assert_array_equal(extract_melody(fa, min_notes=1).pitches, extract_melody(fb, min_notes=1).pitches)
+
+
+def test_shipped_weights_manifest_and_invariance(shipped_encoder, rng):
+    man = shipped_encoder.manifest
+    assert man["preset"] == "default"
+    assert not set(man["training"]["data"]["collections"]) & set(HELDOUT_COLLECTIONS)
+    assert "essen" not in json.dumps(man["training"]["data"]).lower().replace("never essen", "")
+    p, o, d = random_melody(rng, 40)
+    base = shipped_encoder.embed(Melody.from_notes(p, o, d)).vectors
+    moved = shipped_encoder.embed(Melody.from_notes(p + 5, o * 1.5, d * 1.5)).vectors
+    np.testing.assert_allclose(base, moved, atol=1e-6)
