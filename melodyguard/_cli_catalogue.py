@@ -34,12 +34,37 @@ def _setup_add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--owner", default="")
     p.add_argument("--external-id")
     p.add_argument("--private", action="store_true", help="matched, but its metadata is not shown to others")
+    p.add_argument("--from-corpus", nargs="+", metavar="COLLECTION",
+                   help="import tunes of these corpus-cache collections (e.g. oneills1850 ryansMammoth)")
+    p.add_argument("--limit", type=int, default=None, help="with --from-corpus: at most this many tunes")
     p.add_argument("--quiet", action="store_true")
     _catalogue_arg(p)
 
 
+def _add_from_corpus(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .corpus import COLLECTIONS, load_corpus
+
+    bad = [c for c in a.from_corpus if c not in COLLECTIONS]
+    if bad:
+        raise InvalidInputError(f"unknown collection(s) {bad}; choose from {sorted(COLLECTIONS)}")
+    tunes = load_corpus(collections=a.from_corpus)[: a.limit]
+    cat = open_catalogue(a)
+    before = cat.count()
+    for b in tqdm(range(0, len(tunes), 200), desc="add", unit="batch", disable=a.quiet, file=sys.stderr):
+        cat.add_melodies([{"melody": t.melody, "sha256": "corpus:" + t.key, "title": t.title, "external_id": t.key,
+                           "owner": t.collection} for t in tunes[b:b + 200]], skip_duplicates=True)
+    cat.index()
+    print(json.dumps({"added": cat.count() - before, "works": cat.count()}))
+    return EXIT_OK
+
+
 def _cmd_add(a: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    if a.from_corpus:
+        return _add_from_corpus(a)
 
     jobs: list[dict[str, Any]] = []
     if a.manifest:
@@ -239,3 +264,28 @@ def _cmd_audit(a: argparse.Namespace) -> int:
 
 _cmd_audit.setup = _setup_audit  # type: ignore[attr-defined]
 command("audit", "check many files (resumable, parallel) or the catalogue itself (--self)")(_cmd_audit)
+
+
+# --------------------------------------------------------------------------- serve
+def _setup_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    _catalogue_arg(p)
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    if a.catalogue:
+        os.environ["MELODYGUARD_CATALOGUE"] = str(a.catalogue)
+    if a.weights:
+        os.environ["MELODYGUARD_WEIGHTS"] = str(a.weights)
+    uvicorn.run("melodyguard.api.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers)
+    return EXIT_OK
+
+
+_cmd_serve.setup = _setup_serve  # type: ignore[attr-defined]
+command("serve", "serve the HTTP API (FastAPI + uvicorn)")(_cmd_serve)

@@ -8,17 +8,20 @@ note's IOI is its duration). Query index ``i``, reference index ``j``.
 Verification scoring (:func:`align_notes`) for a given transposition ``t`` (semitones added to
 the query) and tempo ratio ``r`` (reference IOI / query IOI). The values are rounded log-odds
 (copied vs. unrelated note pairs, scaled so an equal pitch scores 1), in the spirit of BLAST's
-substitution matrices, so that unrelated melodies drift to negative scores quickly:
+substitution matrices, chosen by ``scripts/calibrate.py --search`` on the training split:
 
-=====================================  ======
-pitch equal after transposition         +1.0
+=====================================  ======================
+pitch equal after transposition         +1.0 x note weight
 an octave apart                         +0.2
 1-2 semitones apart (a changed note)    -0.6
-otherwise                               -1.7
-IOI within 2^0.3 after tempo ratio      +0.3
+otherwise                               -3.0
+IOI within 2^0.3 after tempo ratio      +0.3 x note weight
 otherwise                               -0.7
-gap (an inserted or dropped note)       -1.0
-=====================================  ======
+gap (an inserted or dropped note)       -2.0
+=====================================  ======================
+
+The note weight (:func:`note_weights`) is how surprising the note is: steps and repeated notes,
+which unrelated tunes share all the time, weigh less than leaps and rare rhythms.
 
 The baseline (:func:`align_intervals`) is the classic forensic method: transposition- and
 tempo-invariant features (pitch interval, log2 duration ratio to the previous note) scored
@@ -32,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "align_notes", "align_intervals", "note_iois", "note_weights"]
+__all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "align_notes", "align_intervals", "note_iois", "note_weights",
+           "is_near_duplicate"]
 
 
 
@@ -145,10 +149,10 @@ class Scoring:
     equal: float = 1.0
     octave: float = 0.2
     near: float = -0.6
-    other: float = -1.7
+    other: float = -3.0
     rhythm_hit: float = 0.3
     rhythm_miss: float = -0.7
-    gap: float = -1.0
+    gap: float = -2.0
     rhythm_tolerance: float = 0.3  # log2 units
     weighted: bool = True
 
@@ -241,6 +245,14 @@ def interval_features(pitch: np.ndarray, ioi: np.ndarray) -> tuple[np.ndarray, n
     p = np.asarray(pitch, dtype=np.int64)
     lg = np.log2(np.asarray(ioi, dtype=np.float64))
     return np.diff(p), np.diff(lg)
+
+
+def is_near_duplicate(a_pitch: np.ndarray, a_ioi: np.ndarray, b_pitch: np.ndarray, b_ioi: np.ndarray, *,
+                      identity: float = 0.8) -> bool:
+    """True when the interval alignment of two whole melodies reaches ``identity`` of the perfect
+    score of the shorter one (1.5 per interval): the same tune, give or take a few notes."""
+    n = min(len(a_pitch), len(b_pitch)) - 1
+    return n > 0 and align_intervals(a_pitch, a_ioi, b_pitch, b_ioi) >= identity * 1.5 * n
 
 
 def align_intervals(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray) -> float:

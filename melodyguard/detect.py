@@ -40,6 +40,7 @@ import numpy as np
 from .align import DEFAULT_SCORING, Scoring, align_notes, note_iois, note_weights
 from .errors import InvalidInputError
 from .fingerprint.melody import Melody
+from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
 
 __all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "Calibration", "load_calibration", "check_melody", "check_file"]
 
@@ -53,12 +54,14 @@ class DetectConfig:
     min_sim: float = 0.55
     max_candidates: int = 12
     offset_bin: int = 6
-    review_evalue: float = 1e-2
-    block_evalue: float = 1e-6
+    review_evalue: float = 1e-4
+    block_evalue: float = 1e-8
     min_matched_notes: int = 8
     max_segments: int = 3
     stock_divisor: float = 10.0
     max_matches: int = 5
+    #: Query windows cut to this many notes (0: none) are searched besides full windows.
+    short_window: int = 10
 
     def __post_init__(self) -> None:
         if not 0 < self.block_evalue <= self.review_evalue:
@@ -141,49 +144,56 @@ def check_melody(
     n_works = catalogue.count()
     N = max(catalogue.total_notes, 1)
     cal = load_calibration()
-    emb = enc.embed(melody, hop=1)
+    qw = window_melody(melody, config=WindowConfig(length=enc.config.window_length, hop=1))
+    if config.short_window and len(melody) > config.short_window:
+        sw = short_windows(melody, length=enc.config.window_length, n_notes=config.short_window)
+        qw = Windows(*(np.concatenate([getattr(qw, f), getattr(sw, f)]) for f in
+                       ("pitch", "rhythm", "start", "n_notes", "ref_pitch", "median_ioi_beats")))
+    vectors = enc.embed_tokens(qw.pitch, qw.rhythm)
     t_embed = time.perf_counter()
-    sims, vids = index.search(emb.vectors, config.k)
+    sims, vids = index.search(vectors, config.k)
     t_search = time.perf_counter()
     rows = table.rows(vids)
     ok = (rows >= 0) & (sims >= config.min_sim)
-    qw = emb.windows
-    # Per query window: the best hit per work.
+    # Flatten the hits; keep each query window's best hit per work.
+    qi_all = np.repeat(np.arange(rows.shape[0]), rows.shape[1])
+    r_all, s_all = rows.reshape(-1), sims.reshape(-1)
+    keep = ok.reshape(-1)
+    qi_all, r_all, s_all = qi_all[keep], r_all[keep], s_all[keep]
+    w_all = table.work_id[r_all]
+    if exclude_work is not None:
+        keep = w_all != exclude_work
+        qi_all, r_all, s_all, w_all = qi_all[keep], r_all[keep], s_all[keep], w_all[keep]
+    order = np.lexsort((-s_all, w_all, qi_all))
+    qi_all, r_all, s_all, w_all = qi_all[order], r_all[order], s_all[order], w_all[order]
+    first = np.ones(qi_all.size, bool)
+    first[1:] = (qi_all[1:] != qi_all[:-1]) | (w_all[1:] != w_all[:-1])
+    qi_all, r_all, s_all, w_all = qi_all[first], r_all[first], s_all[first], w_all[first]
+    # Stock material: how many works a query window hits about as well as its best hit.
+    n_q = rows.shape[0]
+    top = np.full(n_q, -np.inf)
+    np.maximum.at(top, qi_all, s_all)
+    close = s_all >= top[qi_all] - 0.03
+    n_close = np.bincount(qi_all[close], minlength=n_q)
+    similar_at = n_close
+    weight = 1.0 / np.sqrt(np.maximum(n_close[qi_all], 1))
+    off = table.start[r_all] - qw.start[qi_all]
+    b = np.floor(off / config.offset_bin).astype(np.int64)
+    v = (s_all - config.min_sim) * weight
+    trans_all = table.ref_pitch[r_all] - qw.ref_pitch[qi_all]
+    ratio_all = table.median_ioi[r_all] / np.maximum(qw.median_ioi_beats[qi_all], 1e-6)
     votes: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    hits: dict[int, list[tuple[int, int, float, int, float]]] = defaultdict(list)
-    similar_at: dict[int, int] = {}
-    for qi in range(rows.shape[0]):
-        r = rows[qi][ok[qi]]
-        s = sims[qi][ok[qi]]
-        if r.size == 0:
-            continue
-        works = table.work_id[r]
-        if exclude_work is not None:
-            keep = works != exclude_work
-            r, s, works = r[keep], s[keep], works[keep]
-            if r.size == 0:
-                continue
-        best: dict[int, int] = {}
-        for t in range(r.size):
-            w = int(works[t])
-            if w not in best or s[t] > s[best[w]]:
-                best[w] = t
-        top = float(s.max())
-        n_close = sum(1 for t in best.values() if s[t] >= top - 0.03)
-        similar_at[qi] = n_close
-        weight = 1.0 / np.sqrt(n_close)
-        q_start = int(qw.start[qi])
-        for w, t in best.items():
-            row = int(r[t])
-            off = int(table.start[row]) - q_start
-            b = int(np.floor(off / config.offset_bin))
-            v = (float(s[t]) - config.min_sim) * weight
-            for bb in (b - 1, b, b + 1):
-                votes[w][bb] += v
-            trans = int(table.ref_pitch[row] - qw.ref_pitch[qi])
-            ratio = float(table.median_ioi[row] / max(qw.median_ioi_beats[qi], 1e-6))
-            hits[w].append((qi, trans, float(s[t]), row, ratio))
+    for db in (-1, 0, 1):
+        keys = w_all * 1_000_003 + (b + db + 500_000)
+        uk, inv = np.unique(keys, return_inverse=True)
+        tot = np.bincount(inv, weights=v)
+        for k, t in zip(uk.tolist(), tot.tolist()):
+            votes[k // 1_000_003][k % 1_000_003] += t
+    hits: dict[int, np.ndarray] = {}
     ranked = sorted(votes, key=lambda w: -max(votes[w].values()))[: config.max_candidates]
+    for w in ranked:
+        sel = w_all == w
+        hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
     t_vote = time.perf_counter()
 
     q_ioi = note_iois(melody.onsets_beats, melody.durations_beats)
@@ -194,10 +204,10 @@ def check_melody(
     for w in ranked:
         hw = hits[w]
         trans_w: dict[int, float] = defaultdict(float)
-        for _, tr, s, _, _ in hw:
-            trans_w[tr] += s
+        for tr, sv in zip(hw[:, 0].astype(int).tolist(), hw[:, 1].tolist()):
+            trans_w[tr] += sv
         transpositions = sorted(trans_w, key=lambda x: -trans_w[x])[:2]
-        ratio = _weighted_median(np.array([h[4] for h in hw]), np.array([h[2] for h in hw]))
+        ratio = _weighted_median(hw[:, 2], hw[:, 1])
         ref = catalogue.melody(w)
         r_ioi = note_iois(ref.onsets_beats, ref.durations_beats)
         wr = note_weights(ref.pitches, r_ioi, background)
@@ -236,8 +246,8 @@ def check_melody(
         qa, ra = main.query_idx, main.ref_idx
         tempo_sec = float(np.median(note_iois(ref.onsets_seconds, ref.durations_seconds)[ra] / q_ioi_s[qa]))
         beat_ratio = float(np.median(r_ioi[ra] / q_ioi[qa]))
-        qwin = [qi for qi in range(len(qw)) if qa.min() <= qw.start[qi] <= qa.max()]
-        similar = int(np.median([similar_at.get(qi, 1) for qi in qwin])) - 1 if qwin else 0
+        inside = (qw.start >= qa.min()) & (qw.start <= qa.max())
+        similar = int(np.median(np.maximum(similar_at[inside], 1))) - 1 if inside.any() else 0
         e = cal.evalue(main.score, len(melody), N) * (1.0 + max(similar, 0) / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:
             e = max(e, 1.0)

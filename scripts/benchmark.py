@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from melodyguard.align import align_intervals, note_iois  # noqa: E402
+from melodyguard.align import align_intervals, is_near_duplicate, note_iois  # noqa: E402
 from melodyguard.augment import augment  # noqa: E402
 from melodyguard.corpus import HELDOUT_COLLECTIONS, load_corpus  # noqa: E402
 from melodyguard.fingerprint import Melody  # noqa: E402
@@ -157,6 +157,26 @@ def make_queries(cat_tunes, hosts, *, n: int, rng) -> list[dict[str, Any]]:
     return queries
 
 
+def drop_near_duplicates(negatives, catalogue_tunes, *, identity: float = 0.8):
+    """Negatives minus those that are near-duplicates of a catalogue work.
+
+    The corpora print some tunes several times (variants, the same tune under two titles), so a
+    tune outside the catalogue is not always unrelated to it. A negative is dropped when an
+    exhaustive interval alignment with some catalogue work reaches ``identity`` of the perfect
+    score of the shorter melody (:func:`melodyguard.align.is_near_duplicate`). Both systems are
+    scored on the rest.
+    """
+    cat = [(np.asarray(t.melody.pitches), note_iois(t.melody.onsets_beats, t.melody.durations_beats)) for t in catalogue_tunes]
+    kept, dropped = [], 0
+    for h in negatives:
+        hp, hi = np.asarray(h.melody.pitches), note_iois(h.melody.onsets_beats, h.melody.durations_beats)
+        if any(is_near_duplicate(hp, hi, p, i, identity=identity) for p, i in cat):
+            dropped += 1
+        else:
+            kept.append(h)
+    return kept, dropped
+
+
 def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
     thr = np.quantile(neg, 1 - fpr, method="higher") if len(neg) else 0.0
     return float(np.mean(pos > thr))
@@ -216,15 +236,16 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
             ev = [m["score"]["evalue"] for m in rep["matches"] if wid_to_i[m["work"]["id"]] == q["source"]]
             q["score"] = -np.log10(max(ev[0], 1e-300)) if ev else -10.0
             q["verdict"] = rep["verdict"]
+        negatives, res["negatives_dropped_as_duplicates"] = drop_near_duplicates(hosts, cat_tunes)
         neg_scores, neg_verdicts = [], []
-        for h in hosts:
+        for h in negatives:
             rep = check_melody(h.melody, cat)
             neg_scores.append(-np.log10(max(rep["matches"][0]["score"]["evalue"], 1e-300)) if rep["matches"] else -10.0)
             neg_verdicts.append(rep["verdict"])
         neg_scores = np.asarray(neg_scores)
         res["latency_ms_p50"] = round(1000 * float(np.percentile(lat, 50)), 1)
         res["latency_ms_p95"] = round(1000 * float(np.percentile(lat, 95)), 1)
-        res["negatives"] = len(hosts)
+        res["negatives"] = len(negatives)
         res["fpr_default_review"] = round(float(np.mean([v != "clear" for v in neg_verdicts])), 4)
         res["fpr_default_block"] = round(float(np.mean([v == "block" for v in neg_verdicts])), 4)
 
@@ -248,7 +269,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
                 order_ = np.argsort(-sc, kind="stable")
                 q["bl_rank"] = int(np.flatnonzero(order_ == q["source"])[0]) + 1
                 q["bl_score"] = float(sc[q["source"]])
-        bl_neg = np.asarray([baseline(h.melody).max() for h in hosts[:max(baseline_queries, 100)]])
+        bl_neg = np.asarray([baseline(h.melody).max() for h in negatives])
         res["baseline_latency_ms_p50"] = round(1000 * float(np.percentile(bl_lat, 50)), 1)
         res["speedup_vs_baseline_p50"] = round(res["baseline_latency_ms_p50"] / max(res["latency_ms_p50"], 1e-9), 1)
 
@@ -319,6 +340,55 @@ def parse_latency(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def generation_section(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
+    """Simple statistics of generated melodies against held-out corpus melodies (first 32 beats)."""
+    from melodyguard.model.generate import sample_melodies
+
+    rng = np.random.default_rng(seed)
+
+    def stats(mels) -> dict[str, Any]:
+        iv = np.zeros(25)
+        du = {}
+        ranges, variety = [], []
+        for m in mels:
+            p = np.asarray(m.pitches)
+            np.add.at(iv, np.clip(np.diff(p), -12, 12) + 12, 1)
+            d = np.round(note_iois(m.onsets_beats, m.durations_beats) / np.median(note_iois(m.onsets_beats, m.durations_beats)), 2)
+            for x in d:
+                du[x] = du.get(x, 0) + 1
+            ranges.append(int(p.max() - p.min()))
+            variety.append(len(set(d.tolist())))
+        return {"iv": iv / iv.sum(), "du": du, "range": float(np.mean(ranges)), "variety": float(np.mean(variety))}
+
+    def tv(a: dict, b: dict) -> float:
+        keys = set(a) | set(b)
+        sa, sb = sum(a.values()), sum(b.values())
+        return 0.5 * sum(abs(a.get(k, 0) / sa - b.get(k, 0) / sb) for k in keys)
+
+    corpus = []
+    for i in rng.choice(len(pool), size=n, replace=False):
+        m = pool[int(i)].melody
+        k = int(np.searchsorted(m.onsets_beats, m.onsets_beats[0] + 32.0))
+        if k >= 8:
+            corpus.append(m.slice(0, k))
+    gen = sample_melodies(enc, n, bars=8, seed=seed)
+    walk = []
+    for _ in range(n):
+        p = 67 + np.cumsum(rng.integers(-4, 5, size=48))
+        d = rng.choice([0.25, 0.5, 1.0, 2.0], size=48)
+        walk.append(Melody.from_notes(p, np.concatenate([[0], np.cumsum(d)[:-1]]), d))
+    c, g, w = stats(corpus), stats(gen), stats(walk)
+    return {
+        "melodies": n,
+        "pitch_range_semitones": {"corpus": round(c["range"], 1), "generated": round(g["range"], 1), "random_walk": round(w["range"], 1)},
+        "interval_histogram_tv_to_corpus": {"generated": round(0.5 * float(np.abs(g["iv"] - c["iv"]).sum()), 3),
+                                            "random_walk": round(0.5 * float(np.abs(w["iv"] - c["iv"]).sum()), 3)},
+        "duration_histogram_tv_to_corpus": {"generated": round(tv(g["du"], c["du"]), 3), "random_walk": round(tv(w["du"], c["du"]), 3)},
+        "distinct_durations_per_melody": {"corpus": round(c["variety"], 2), "generated": round(g["variety"], 2),
+                                          "random_walk": round(w["variety"], 2)},
+    }
+
+
 def print_markdown(results: dict[str, Any]) -> None:
     if "model" in results:
         m = results["model"]
@@ -336,10 +406,14 @@ def print_markdown(results: dict[str, Any]) -> None:
                   f"{r['flagged_default']:.3f} | {r['baseline_recall@1']:.3f} | {r['baseline_mrr']:.3f} | {r['baseline_tpr@1%fpr']:.3f} | "
                   f"R@1 {r['ours_recall@1_paired']:.3f}, TPR {r['ours_tpr_paired']:.3f} (n={r['paired_queries']}) |")
         print()
-        for k in ("negatives", "fpr_default_review", "fpr_default_block", "ingest_works_per_s", "latency_ms_p50", "latency_ms_p95",
+        for k in ("negatives", "negatives_dropped_as_duplicates", "fpr_default_review", "fpr_default_block", "ingest_works_per_s", "latency_ms_p50", "latency_ms_p95",
                   "baseline_latency_ms_p50", "speedup_vs_baseline_p50", "disk_bytes_per_work", "ram_mb_growth_per_1k_works", "ann_recall_at_10"):
             if k in d:
                 print(f"- {k}: {d[k]}")
+    if "generation" in results:
+        print("\n### Generation (8 bars, temperature 1) against held-out melodies\n")
+        for k, v in results["generation"].items():
+            print(f"- {k}: {v}")
     if "parse" in results:
         print("\n### Latency with MIDI parsing\n")
         for k, v in results["parse"].items():
@@ -348,7 +422,7 @@ def print_markdown(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", nargs="*", default=["model", "detect", "parse"])
+    ap.add_argument("--sections", nargs="*", default=["model", "generation", "detect", "parse"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[1000, 10000])
     ap.add_argument("--queries", type=int, default=200, help="source works per level")
     ap.add_argument("--negatives", type=int, default=500)
@@ -371,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     if "model" in a.sections:
         results["model"] = model_section(enc, pool, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed)
         print(json.dumps(results["model"]), flush=True)
+    if "generation" in a.sections:
+        results["generation"] = generation_section(enc, pool, n=200, seed=a.seed)
+        print(json.dumps(results["generation"]), flush=True)
     if "detect" in a.sections:
         for size in a.sizes:
             r = detection_section(enc, pool, size=size, n_queries=a.queries, n_neg=a.negatives,

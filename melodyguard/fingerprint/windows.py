@@ -43,6 +43,7 @@ __all__ = [
     "RHYTHM_PAD",
     "encode_notes",
     "window_melody",
+    "short_windows",
 ]
 
 #: Bumped whenever the token encoding changes; weights and indexes record it.
@@ -133,6 +134,40 @@ def encode_notes(
     return pt, rt, ref, med
 
 
+def short_windows(melody: Melody, *, length: int, n_notes: int, hop: int = 1) -> Windows:
+    """Windows of only ``n_notes`` notes (padded to ``length``), every ``hop`` notes.
+
+    Queries use them besides full windows, so that a phrase shorter than a window, lifted into
+    other material, still has windows made of nothing but the phrase. The model is trained to
+    place such a cut window next to the full window that starts on the same note.
+    """
+    n = len(melody)
+    if n < n_notes:
+        e = np.zeros((0, length), dtype=np.int64)
+        z = np.zeros(0, dtype=np.int64)
+        return Windows(e, e.copy(), z, z.copy(), z.copy(), np.zeros(0))
+    iois = _iois(melody.onsets_beats, melody.durations_beats)
+    starts = list(range(0, n - n_notes + 1, hop))
+    st = np.asarray(starts, dtype=np.int64)
+    pitch, rhythm, refs, meds = _encode_many(np.asarray(melody.pitches), iois, st, n_notes, length)
+    return Windows(pitch, rhythm, st, np.full(st.size, n_notes, dtype=np.int64), refs, meds)
+
+
+def _encode_many(pitches: np.ndarray, iois: np.ndarray, starts: np.ndarray, n: int, length: int):
+    """:func:`encode_notes` for many windows of ``n`` notes at once (vectorised)."""
+    idx = starts[:, None] + np.arange(n)[None, :]
+    p = pitches[idx].astype(np.int64)
+    d = iois[idx]
+    refs = np.floor(np.median(p, axis=1)).astype(np.int64)
+    meds = np.median(d, axis=1)
+    pitch = np.full((starts.size, length), PITCH_PAD, dtype=np.int64)
+    rhythm = np.full((starts.size, length), RHYTHM_PAD, dtype=np.int64)
+    pitch[:, :n] = np.clip(p - refs[:, None], -PITCH_RANGE, PITCH_RANGE) + PITCH_RANGE
+    r = np.rint(2.0 * np.log2(d / meds[:, None]) + 1e-9)
+    rhythm[:, :n] = np.clip(r, -RHYTHM_RANGE, RHYTHM_RANGE).astype(np.int64) + RHYTHM_RANGE
+    return pitch, rhythm, refs, meds
+
+
 def window_melody(melody: Melody, *, config: WindowConfig = DEFAULT_WINDOW) -> Windows:
     """Cut a melody into tokenised windows.
 
@@ -154,16 +189,7 @@ def window_melody(melody: Melody, *, config: WindowConfig = DEFAULT_WINDOW) -> W
         starts = list(range(0, n - L + 1, config.hop))
         if starts[-1] != n - L:
             starts.append(n - L)  # always cover the end of the melody
-    W = len(starts)
-    pitch = np.empty((W, L), dtype=np.int64)
-    rhythm = np.empty((W, L), dtype=np.int64)
-    refs = np.empty(W, dtype=np.int64)
-    meds = np.empty(W, dtype=np.float64)
-    counts = np.empty(W, dtype=np.int64)
-    for w, s in enumerate(starts):
-        e = min(s + L, n)
-        pitch[w], rhythm[w], refs[w], meds[w] = encode_notes(
-            melody.pitches[s:e], iois[s:e], length=L
-        )
-        counts[w] = e - s
-    return Windows(pitch, rhythm, np.asarray(starts, dtype=np.int64), counts, refs, meds)
+    st = np.asarray(starts, dtype=np.int64)
+    m = min(L, n)
+    pitch, rhythm, refs, meds = _encode_many(np.asarray(melody.pitches), iois, st, m, L)
+    return Windows(pitch, rhythm, st, np.full(st.size, m, dtype=np.int64), refs, meds)

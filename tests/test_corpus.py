@@ -1,0 +1,38 @@
+"""The corpus cache: export from music21, resume, split rules, bar numbers from the score."""
+
+from __future__ import annotations
+
+import pytest
+
+from melodyguard.corpus import _split_of, build_corpus, list_units, load_corpus
+
+music21 = pytest.importorskip("music21")
+
+
+def test_export_resumes_and_loads(tmp_path):
+    db = tmp_path / "corpus.sqlite"
+    first = build_corpus(db, collections=["ryansMammoth", "essenFolksong"], limit=6, jobs=1, progress=False)
+    assert (first["units"], first["parsed"], first["reused"]) == (6, 6, 0)
+    again = build_corpus(db, collections=["ryansMammoth", "essenFolksong"], limit=6, jobs=1, progress=False)
+    assert (again["parsed"], again["reused"]) == (0, 6)
+    tunes = load_corpus(db)
+    assert len(tunes) == 6
+    assert {t.collection for t in tunes} == {"ryansMammoth", "essenFolksong"}  # --limit interleaves collections
+    assert all(t.split == "heldout" for t in tunes if t.collection == "essenFolksong")
+    for t in tunes:
+        m = t.melody
+        assert len(m) >= 8 and t.title
+        assert m.bars.min() >= 0 and (m.bars[1:] >= m.bars[:-1]).all()  # printed bar numbers never go back
+        assert (m.beats_in_bar >= -1e-6).all()
+
+
+def test_split_rules():
+    assert _split_of("essenFolksong/x.abc#1", "essenFolksong") == "heldout"
+    assert _split_of("airdsAirs/x.abc#1", "airdsAirs") == "heldout"
+    splits = {_split_of(f"oneills1850/f.abc#{i}", "oneills1850") for i in range(200)}
+    assert splits == {"train", "valid"}
+
+
+def test_units_interleave_collections():
+    units = list_units(["ryansMammoth", "bach"])
+    assert [u[1] for u in units[:4]] == ["ryansMammoth", "bach", "ryansMammoth", "bach"]
