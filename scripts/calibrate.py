@@ -136,7 +136,7 @@ def evaluate(scoring, bg, nulls, positives):
     N = np.array([len(x[2]) for x in nulls])
     lam, K, _ = fit_gumbel(S, M, N)
     tpr: dict[str, list[bool]] = {}
-    for kind, q, qi, r, ri, ratio, t in positives:
+    for kind, q, qi, r, ri, ratio, _t in positives:
         # augment() transposes again by an unknown amount; detection reads the transposition
         # off the window hits, so here the best of all transpositions stands in for it.
         s = _best(q, r, qi, ri, range(-12, 13), ratio, scoring, bg)

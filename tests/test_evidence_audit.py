@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 from conftest import make_catalogue_melodies, melody_midi, random_melody
 
