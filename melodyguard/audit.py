@@ -84,8 +84,13 @@ def _read_done(results: Path) -> dict[str, dict[str, Any]]:
 _W: dict[str, Any] = {}
 
 
-def _init_worker(cat_dir: str, weights: str | None) -> None:
+def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False) -> None:
+    import signal
+
     import torch
+
+    if ignore_sigint:  # the parent handles Ctrl-C and stops the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from .index import Catalogue
     from .model.encoder import load_encoder
@@ -120,10 +125,40 @@ def run_audit(
     limit: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Audit ``files`` into ``out``; resumes from ``out/results.jsonl``. Returns counts."""
-    from tqdm import tqdm
+    """Audit ``files`` into ``out``; resumes from ``out/results.jsonl``. Returns counts.
+
+    Only one audit may write to ``out`` at a time (a lock file guards it).
+    """
+    import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise InvalidInputError(f"another audit is writing to {out}; wait for it or choose another --out") from None
+    try:
+        return _run_audit_locked(files, catalogue_dir, out, jobs=jobs, weights=weights, progress=progress,
+                                 html_evidence=html_evidence, limit=limit, on_result=on_result)
+    finally:
+        lock.close()
+
+
+def _run_audit_locked(
+    files: Sequence[Path],
+    catalogue_dir: Path,
+    out: Path,
+    *,
+    jobs: int,
+    weights: Path | None,
+    progress: bool,
+    html_evidence: bool,
+    limit: int | None,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
     results = out / "results.jsonl"
     done = _read_done(results)
     todo = [str(f) for f in files if str(f) not in done]
@@ -145,11 +180,20 @@ def run_audit(
             for p in todo:
                 write(_check_one(p))
         else:
-            with ProcessPoolExecutor(jobs, initializer=_init_worker,
-                                     initargs=(str(catalogue_dir), str(weights) if weights else None)) as ex:
+            ex = ProcessPoolExecutor(jobs, initializer=_init_worker,
+                                     initargs=(str(catalogue_dir), str(weights) if weights else None, True))
+            try:
                 futs = [ex.submit(_check_one, p) for p in todo]
                 for fut in as_completed(futs):
                     write(fut.result())
+            except BaseException:
+                # Interrupted: what is written stays; a re-run resumes after it.
+                procs = list((getattr(ex, "_processes", None) or {}).values())
+                ex.shutdown(wait=False, cancel_futures=True)
+                for proc in procs:
+                    proc.terminate()
+                raise
+            ex.shutdown()
     bar.close()
     ordered = [done[str(f)] for f in files if str(f) in done]
     write_summary(ordered, out, catalogue_dir=catalogue_dir, weights=weights, html_evidence=html_evidence)

@@ -125,3 +125,17 @@ def test_guarded_generation_never_keeps_a_flagged_candidate(tmp_path, shipped_en
     # and the unguarded output for the same seed is flagged
     assert check_melody(raw[0], cat)["verdict"] != "clear"
     assert melody_to_midi(raw[0])[:4] == b"MThd"
+
+
+def test_two_audits_cannot_share_an_output_folder(small_catalogue, tmp_path):
+    import fcntl
+
+    from melodyguard.errors import InvalidInputError
+
+    cat, _ = small_catalogue
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(InvalidInputError, match="another audit is writing"):
+            run_audit([], cat.path, out, progress=False)
