@@ -265,10 +265,12 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
     (out / "report.html").write_text(page_html, encoding="utf-8")
 
 
-def self_audit(catalogue: Any, *, progress: bool = True, min_verdict: str = "review") -> list[dict[str, Any]]:
+def self_audit(catalogue: Any, *, progress: bool = True, min_verdict: str = "review",
+               min_coverage: float = 0.5) -> list[dict[str, Any]]:
     """Clusters of near-duplicate works inside the catalogue (duplicate registrations, one tune
-    under several titles): each work is checked against the others; works joined by a match of
-    at least ``min_verdict`` form a cluster."""
+    under several titles): each work is checked against the others; two works are joined when
+    a match of at least ``min_verdict`` covers at least ``min_coverage`` of both, so that
+    shared stock phrases do not chain unrelated tunes into one cluster."""
     from tqdm import tqdm
 
     from .detect import check_melody
@@ -287,7 +289,8 @@ def self_audit(catalogue: Any, *, progress: bool = True, min_verdict: str = "rev
     for w in tqdm(works, desc="self-audit", unit="work", disable=not progress):
         rep = check_melody(catalogue.melody(w.id), catalogue, exclude_work=w.id)
         for m in rep["matches"]:
-            if m["verdict"] in levels:
+            cov = m["coverage"]
+            if m["verdict"] in levels and min(cov["query"], cov["reference"]) >= min_coverage:
                 other = m["work"]["id"]
                 edges.append((w.id, other, m["score"]["evalue"]))
                 parent[find(w.id)] = find(other)
