@@ -42,6 +42,17 @@ def melody_midi(pitches, onsets, durations, *, tempo: float = 120.0, program: in
     return buf.getvalue()
 
 
+def drums_only_midi() -> bytes:
+    """MIDI bytes with 16 kick-drum hits and nothing else."""
+    pm = pretty_midi.PrettyMIDI()
+    dr = pretty_midi.Instrument(0, is_drum=True)
+    dr.notes = [pretty_midi.Note(100, 36, k * 0.5, k * 0.5 + 0.1) for k in range(16)]
+    pm.instruments.append(dr)
+    buf = io.BytesIO()
+    pm.write(buf)
+    return buf.getvalue()
+
+
 def pop_arrangement(rng: np.random.Generator, *, names: bool = True, tempo_change: bool = True):
     """A 4-track song: drums, bass, block chords, lead; the tempo changes mid-song.
 

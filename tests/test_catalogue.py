@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_catalogue_melodies, melody_midi, random_melody
+from conftest import drums_only_midi, make_catalogue_melodies, melody_midi, random_melody
 
 from melodyguard import Catalogue, Melody, check_file, check_melody, cli
 from melodyguard.errors import (
@@ -128,20 +128,10 @@ def test_unrelated_melody_is_clear(catalogue):
 def test_bad_input_leaves_catalogue_intact(catalogue, write, rng):
     cat, _ = catalogue
     before = (cat.count(), cat.index()[0].ntotal)
-    import io
-
-    import pretty_midi
-
-    drums = pretty_midi.PrettyMIDI()
-    dr = pretty_midi.Instrument(0, is_drum=True)
-    dr.notes = [pretty_midi.Note(100, 36, k * 0.5, k * 0.5 + 0.1) for k in range(16)]
-    drums.instruments.append(dr)
-    buf = io.BytesIO()
-    drums.write(buf)
     cases = [
         (b"not a midi at all", CorruptFileError, "x.mid"),
         (melody_midi(*random_melody(rng, 4)), MelodyTooShortError, "short.mid"),
-        (buf.getvalue(), NoMelodyError, "drums.mid"),
+        (drums_only_midi(), NoMelodyError, "drums.mid"),
     ]
     for data, err, name in cases:
         with pytest.raises(err):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pretty_midi
 import pytest
-from conftest import melody_midi, pop_arrangement, random_melody
+from conftest import drums_only_midi, melody_midi, pop_arrangement, random_melody
 
 from melodyguard import cli
 from melodyguard.errors import (
@@ -142,14 +142,8 @@ def test_bad_input_errors(tmp_path, rng):
     empty.write(buf)
     with pytest.raises(NoMelodyError, match="no notes"):
         extract_melody(buf.getvalue())
-    drums = pretty_midi.PrettyMIDI()
-    dr = pretty_midi.Instrument(0, is_drum=True)
-    dr.notes = [pretty_midi.Note(100, 36, k * 0.5, k * 0.5 + 0.1) for k in range(16)]
-    drums.instruments.append(dr)
-    buf = io.BytesIO()
-    drums.write(buf)
     with pytest.raises(NoMelodyError, match="only drum notes"):
-        extract_melody(buf.getvalue())
+        extract_melody(drums_only_midi())
     p, o, d = random_melody(rng, 5)
     with pytest.raises(MelodyTooShortError, match="melody has 5 notes; at least 8"):
         extract_melody(melody_midi(p, o, d))
