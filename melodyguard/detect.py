@@ -175,7 +175,6 @@ def check_melody(
     np.maximum.at(top, qi_all, s_all)
     close = s_all >= top[qi_all] - 0.03
     n_close = np.bincount(qi_all[close], minlength=n_q)
-    similar_at = n_close
     weight = 1.0 / np.sqrt(np.maximum(n_close[qi_all], 1))
     off = table.start[r_all] - qw.start[qi_all]
     b = np.floor(off / config.offset_bin).astype(np.int64)
@@ -247,7 +246,7 @@ def check_melody(
         tempo_sec = float(np.median(note_iois(ref.onsets_seconds, ref.durations_seconds)[ra] / q_ioi_s[qa]))
         beat_ratio = float(np.median(r_ioi[ra] / q_ioi[qa]))
         inside = (qw.start >= qa.min()) & (qw.start <= qa.max())
-        similar = int(np.median(np.maximum(similar_at[inside], 1))) - 1 if inside.any() else 0
+        similar = int(np.median(np.maximum(n_close[inside], 1))) - 1 if inside.any() else 0
         e = cal.evalue(main.score, len(melody), N) * (1.0 + max(similar, 0) / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:
             e = max(e, 1.0)

@@ -124,14 +124,8 @@ def encode_notes(
     """
     p = np.asarray(pitches, dtype=np.int64)[:length]
     d = np.asarray(iois, dtype=np.float64)[:length]
-    ref = int(np.floor(np.median(p)))
-    med = float(np.median(d))
-    pt = np.full(length, PITCH_PAD, dtype=np.int64)
-    rt = np.full(length, RHYTHM_PAD, dtype=np.int64)
-    pt[: p.size] = np.clip(p - ref, -PITCH_RANGE, PITCH_RANGE) + PITCH_RANGE
-    r = np.rint(2.0 * np.log2(d / med) + 1e-9)
-    rt[: d.size] = np.clip(r, -RHYTHM_RANGE, RHYTHM_RANGE).astype(np.int64) + RHYTHM_RANGE
-    return pt, rt, ref, med
+    pt, rt, ref, med = _encode_many(p, d, np.zeros(1, dtype=np.int64), p.size, length)
+    return pt[0], rt[0], int(ref[0]), float(med[0])
 
 
 def short_windows(melody: Melody, *, length: int, n_notes: int, hop: int = 1) -> Windows:
