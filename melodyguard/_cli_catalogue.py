@@ -270,7 +270,7 @@ command("audit", "check many files (resumable, parallel) or the catalogue itself
 def _setup_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model; they share the catalogue)")
     _catalogue_arg(p)
 
 

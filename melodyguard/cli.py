@@ -91,7 +91,7 @@ command("melody", "print the melody melodyguard extracts from a file, and why th
 
 def _extra_commands() -> None:
     """Commands defined in other modules register themselves on import."""
-    from . import _cli_catalogue, _cli_demo, _cli_model  # noqa: F401
+    from . import _cli_catalogue, _cli_demo, _cli_keys, _cli_model  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

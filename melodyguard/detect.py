@@ -199,7 +199,7 @@ def check_melody(
     q_ioi_s = note_iois(melody.onsets_seconds, melody.durations_seconds)
     background = cal.info.get("background")
     wq = note_weights(melody.pitches, q_ioi, background)
-    matches = []
+    matches: list[dict[str, Any]] = []
     for w in ranked:
         hw = hits[w]
         trans_w: dict[int, float] = defaultdict(float)
@@ -252,8 +252,8 @@ def check_melody(
             e = max(e, 1.0)
         work = catalogue.get(w)
         matches.append({
-            "work": work.public() if not work.private else {"id": work.id, "external_id": None, "title": "(private work)", "owner": work.owner},
-            "_private": work.private,
+            "work": {**work.public(), "private": False} if not work.private else
+                    {"id": work.id, "external_id": None, "title": "(private work)", "owner": work.owner, "private": True},
             "evalue": e,
             "score": {
                 "evalue": float(f"{e:.4g}"),

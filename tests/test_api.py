@@ -1,91 +1,295 @@
-"""The HTTP API: TestClient for the routes, and one real uvicorn process on 127.0.0.1."""
+"""The HTTP API through TestClient: every endpoint, every role and tenant rule, the limits."""
 
 from __future__ import annotations
 
+import io
 import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
+import zipfile
 
+import numpy as np
 import pytest
 from conftest import make_catalogue_melodies, melody_midi, random_melody
 from fastapi.testclient import TestClient
 
 from melodyguard import Catalogue
 from melodyguard.api import Settings, create_app
+from melodyguard.api.keys import KeyStore
+
+
+def _midi(m, shift: int = 0) -> bytes:
+    return melody_midi(m.pitches + shift, m.onsets_beats, m.durations_beats)
 
 
 @pytest.fixture
-def api_catalogue(tmp_path, shipped_encoder, rng):
-    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
-    mels = make_catalogue_melodies(rng, 6, 40)
-    cat.add_melodies([{"melody": m, "sha256": f"s{i}", "title": f"tune {i}", "owner": "acme"} for i, m in enumerate(mels)])
+def api_env(tmp_path, shipped_encoder, rng):
+    """A catalogue with 6 works of 'acme' and keys for every role."""
+    path = tmp_path / "cat"
+    cat = Catalogue(path, encoder=shipped_encoder)
+    mels = make_catalogue_melodies(rng, 10, 40)
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}", "title": f"tune {i}", "owner": "acme",
+                       "metadata": {"isrc": f"X{i}"}} for i, m in enumerate(mels[:6])])
     cat.close()
-    return tmp_path / "cat", mels
+    ks = KeyStore(path / "api.sqlite")
+    keys = {"admin": ks.create(role="admin")[0], "acme": ks.create(role="owner", owner="acme")[0],
+            "beta": ks.create(role="owner", owner="beta")[0], "screener": ks.create(role="screener")[0]}
+    revoked, rec = ks.create(role="screener")
+    ks.revoke(rec["key_id"])
+    keys["revoked"] = revoked
+    ks.close()
+    return path, mels, keys
 
 
-def test_checks_and_errors(api_catalogue):
-    path, mels = api_catalogue
-    app = create_app(Settings(catalogue=path, max_upload_bytes=50_000))
-    with TestClient(app) as client:
-        assert client.get("/healthz").json() == {"status": "ok"}
-        ready = client.get("/readyz").json()
-        assert ready["works"] == 6 and ready["index"]["kind"] == "flat"
-        m = mels[2]
-        r = client.post("/v1/checks", files={"file": ("q.mid", melody_midi(m.pitches + 1, m.onsets_beats, m.durations_beats), "audio/midi")})
-        assert r.status_code == 200 and r.json()["verdict"] == "block"
-        assert r.json()["matches"][0]["work"]["title"] == "tune 2"
-        r = client.post("/v1/checks", files={"file": ("q.mid", b"garbage bytes", "audio/midi")})
+def H(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+def _client(path, **kw) -> TestClient:
+    return TestClient(create_app(Settings(catalogue=path, **kw)))
+
+
+def test_auth_is_required_and_checked(api_env):
+    path, mels, keys = api_env
+    with _client(path) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        for route in ("/v1/works", "/v1/me"):
+            r = c.get(route)
+            assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+            assert c.get(route, headers=H("mg_00000000_" + "x" * 32)).status_code == 401
+            assert c.get(route, headers=H(keys["revoked"])).status_code == 401
+        r = c.get("/v1/me", headers={"Authorization": f"Bearer {keys['acme']}"})
+        assert r.status_code == 200 and r.json()["role"] == "owner" and r.json()["owner"] == "acme"
+        r = c.post("/v1/checks", files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
+        assert r.status_code == 401
+
+
+def test_works_roles_and_tenants(api_env):
+    path, mels, keys = api_env
+    with _client(path) as c:
+        new = _midi(mels[7])
+        r = c.post("/v1/works", headers=H(keys["screener"]), files={"file": ("a.mid", new, "audio/midi")})
+        assert r.status_code == 403 and "screener" in r.json()["detail"]
+        r = c.post("/v1/works", headers=H(keys["beta"]), files={"file": ("a.mid", new, "audio/midi")},
+                   data={"owner": "acme"})
+        assert r.status_code == 403
+        r = c.post("/v1/works", headers=H(keys["beta"]), files={"file": ("../../etc/a.mid", new, "audio/midi")},
+                   data={"title": "Beta Song", "external_id": "B-1", "metadata": '{"isrc": "BETA1"}'})
+        assert r.status_code == 201, r.text
+        w = r.json()
+        assert w["owner"] == "beta" and w["title"] == "Beta Song" and w["metadata"] == {"isrc": "BETA1"}
+        assert w["source_name"] == "a.mid"  # the client's path never reaches the filesystem
+        r = c.post("/v1/works", headers=H(keys["beta"]), files={"file": ("again.mid", new, "audio/midi")})
+        assert r.status_code == 409 and f"work {w['id']}" in r.json()["detail"]
+        r = c.post("/v1/works", headers=H(keys["beta"]), files={"file": ("b.mid", _midi(mels[8]), "audio/midi")},
+                   data={"metadata": "[1, 2]"})
+        assert r.status_code == 422 and "JSON object" in r.json()["detail"]
+
+        # listing: owners see their own works only; screeners do not browse
+        assert c.get("/v1/works", headers=H(keys["acme"])).json()["total"] == 6
+        lst = c.get("/v1/works", headers=H(keys["beta"])).json()
+        assert lst["total"] == 1 and [x["id"] for x in lst["works"]] == [w["id"]]
+        assert c.get("/v1/works", headers=H(keys["admin"])).json()["total"] == 7
+        page = c.get("/v1/works?limit=2&offset=2", headers=H(keys["admin"])).json()
+        assert [x["title"] for x in page["works"]] == ["tune 2", "tune 3"]
+        assert c.get("/v1/works", headers=H(keys["screener"])).status_code == 403
+        assert c.get("/v1/works?limit=0", headers=H(keys["admin"])).status_code == 422
+
+        acme_id = c.get("/v1/works", headers=H(keys["acme"])).json()["works"][0]["id"]
+        assert c.get(f"/v1/works/{acme_id}", headers=H(keys["acme"])).json()["title"] == "tune 0"
+        assert c.get(f"/v1/works/{acme_id}", headers=H(keys["beta"])).status_code == 404
+        assert c.get("/v1/works/999999", headers=H(keys["admin"])).status_code == 404
+
+        # cross-tenant delete is refused and changes nothing
+        r = c.delete(f"/v1/works/{acme_id}", headers=H(keys["beta"]))
+        assert r.status_code == 404
+        assert c.delete(f"/v1/works/{acme_id}", headers=H(keys["screener"])).status_code == 403
+        assert c.get(f"/v1/works/{acme_id}", headers=H(keys["acme"])).status_code == 200
+        r = c.delete(f"/v1/works/{acme_id}", headers=H(keys["acme"]))
+        assert r.status_code == 200 and r.json()["deleted"]["id"] == acme_id
+        assert c.get(f"/v1/works/{acme_id}", headers=H(keys["acme"])).status_code == 404
+        # the deleted work is no longer matched; the others still are
+        rep = c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[0]), "audio/midi")}).json()
+        assert all(m["work"]["id"] != acme_id for m in rep["matches"])
+        rep = c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[1], 2), "audio/midi")}).json()
+        assert rep["verdict"] == "block" and rep["matches"][0]["work"]["title"] == "tune 1"
+
+
+def test_private_works_are_matched_without_leaking(api_env):
+    path, mels, keys = api_env
+    with _client(path) as c:
+        r = c.post("/v1/works", headers=H(keys["beta"]), files={"file": ("secret.mid", _midi(mels[9]), "audio/midi")},
+                   data={"title": "Unreleased Single", "private": "true", "external_id": "SECRET-9"})
+        assert r.status_code == 201 and r.json()["private"] is True
+        q = {"file": ("q.mid", _midi(mels[9], -3), "audio/midi")}
+        for who in ("acme", "screener"):
+            r = c.post("/v1/checks", headers=H(keys[who]), files=q)
+            rep = r.json()
+            assert rep["verdict"] == "block"
+            top = rep["matches"][0]
+            assert top["work"] == {"id": None, "external_id": None, "title": "(private work)", "owner": None, "private": True}
+            assert "Unreleased" not in r.text and "SECRET" not in r.text and "beta" not in r.text
+            assert top["segments"] and "pairs" not in top["segments"][0]
+            html = c.post("/v1/checks?format=html", headers=H(keys[who]), files=q)
+            assert html.status_code == 200 and "Unreleased" not in html.text
+            first = html.text.split("<div class='match'>")[1]
+            assert "(private work)" in first and "data:image/png" not in first  # no picture of the secret melody
+        rep = c.post("/v1/checks", headers=H(keys["beta"]), files=q).json()
+        assert rep["matches"][0]["work"]["title"] == "Unreleased Single"
+        # another owner's public work shows only public fields (no metadata)
+        r = c.post("/v1/checks", headers=H(keys["beta"]), files={"file": ("q.mid", _midi(mels[3]), "audio/midi")})
+        top = r.json()["matches"][0]
+        assert set(top["work"]) == {"id", "external_id", "title", "owner", "private"} and top["work"]["owner"] == "acme"
+        assert "X3" not in r.text
+
+
+def test_checks_limits_and_bad_input(api_env):
+    path, mels, keys = api_env
+    with _client(path, max_upload_bytes=50_000) as c:
+        h = H(keys["screener"])
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        assert r.status_code == 200 and r.json()["verdict"] == "block" and r.json()["schema"] == "melodyguard.report/1"
+        r = c.post("/v1/checks?format=html", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert r.headers["x-melodyguard-verdict"] == "block" and "data:image/png;base64" in r.text
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", b"garbage bytes", "audio/midi")})
         assert r.status_code == 415 and "unrecognised format" in r.json()["detail"]
-        r = client.post("/v1/checks", files={"file": ("q.mid", b"MThd" + b"\0" * 60_000, "audio/midi")})
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", b"MThd" + b"\0" * 60_000, "audio/midi")})
         assert r.status_code == 413 and "limit" in r.json()["detail"]
-        r = client.post("/v1/checks", files={"file": ("q.mid", melody_midi(*random_melody(__import__("numpy").random.default_rng(1), 4)), "audio/midi")})
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", b"MThd" + b"\0" * 30, "audio/midi")})
+        assert r.status_code == 422 and "corrupt" in r.json()["detail"]
+        short = melody_midi(*random_melody(np.random.default_rng(1), 4))
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", short, "audio/midi")})
         assert r.status_code == 422 and "at least 8" in r.json()["detail"]
-        r = client.post("/v1/checks", files={"file": ("q.mid", b"", "audio/midi")})
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", b"", "audio/midi")})
         assert r.status_code == 422 and "empty" in r.json()["detail"]
+        r = c.post("/v1/checks", headers=h, json={"file": "x"})
+        assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
+        r = c.post("/v1/checks", headers=h, files={"other": ("q.mid", b"MThd", "audio/midi")})
+        assert r.status_code == 422 and "file" in json.dumps(r.json()["detail"])
+        r = c.post("/v1/checks?format=pdf", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
+        assert r.status_code == 422
+
+        # a body streamed without Content-Length is cut off at the limit too
+        def chunks():
+            yield b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.mid\"\r\n\r\n"
+            for _ in range(20):
+                yield b"\0" * 10_000
+            yield b"\r\n--xx--\r\n"
+        r = c.post("/v1/checks", headers={**h, "Content-Type": "multipart/form-data; boundary=xx"}, content=chunks())
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        # the catalogue is intact after all of that
+        assert c.get("/readyz").json()["works"] == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_rate_limit_per_key(api_env):
+    path, _mels, keys = api_env
+    with _client(path, rate_limit_per_minute=6, rate_limit_burst=3) as c:
+        codes = [c.get("/v1/me", headers=H(keys["screener"])).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = c.get("/v1/me", headers=H(keys["screener"]))
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "rate limit" in r.json()["detail"]
+        assert c.get("/v1/me", headers=H(keys["acme"])).status_code == 200  # per key
 
 
-@pytest.mark.slow
-def test_real_uvicorn_process(api_catalogue, tmp_path):
-    path, mels = api_catalogue
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "melodyguard", "serve", "--port", str(port), "--catalogue", str(path)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    assert json.loads(r.read())["works"] == 6
-                    break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.3)
-        m = mels[4]
-        body, boundary = _multipart("file", "q.mid", melody_midi(m.pitches, m.onsets_beats, m.durations_beats))
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/checks", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            rep = json.loads(r.read())
-        assert rep["verdict"] == "block" and rep["matches"][0]["work"]["title"] == "tune 4"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+def _wait_done(c: TestClient, job: str, key: str, timeout: float = 60) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = c.get(f"/v1/audits/{job}", headers=H(key)).json()
+        if st["status"] == "done":
+            return st
+        time.sleep(0.2)
+    raise AssertionError(f"audit {job} did not finish: {st}")
 
 
-def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    b = "melodyguard-test-boundary"
-    head = (f"--{b}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            "Content-Type: audio/midi\r\n\r\n").encode()
-    return head + data + f"\r\n--{b}--\r\n".encode(), b
+def test_audits_files_zip_and_results(api_env):
+    path, mels, keys = api_env
+    with _client(path) as c:
+        files = [("files", ("one.mid", _midi(mels[0], 5), "audio/midi")),
+                 ("files", ("two.mid", _midi(mels[8]), "audio/midi")),
+                 ("files", ("bad.mid", b"MThd\0\0\0\6garbage", "audio/midi"))]
+        r = c.post("/v1/audits", headers=H(keys["screener"]), files=files)
+        assert r.status_code == 202 and r.headers["location"] == f"/v1/audits/{r.json()['id']}"
+        job = r.json()["id"]
+        st = _wait_done(c, job, keys["screener"])
+        assert st["total"] == 3 and st["done"] == 3 and st["verdicts"]["error"] == 1
+        lines = c.get(f"/v1/audits/{job}/results", headers=H(keys["screener"])).text.strip().splitlines()
+        reps = [json.loads(x) for x in lines]
+        assert [x["file"]["name"] for x in reps] == ["one.mid", "two.mid", "bad.mid"]
+        assert reps[0]["verdict"] == "block" and reps[0]["matches"][0]["work"]["title"] == "tune 0"
+        assert reps[0]["matches"][0]["transposition_semitones"] == 5  # the query is 5 semitones up
+        assert reps[2]["verdict"] == "error" and "corrupt" in reps[2]["error"]
+        csv = c.get(f"/v1/audits/{job}/results?format=csv", headers=H(keys["screener"])).text.splitlines()
+        assert csv[0].startswith("index,file,verdict") and len(csv) == 4 and ",block," in csv[1]
+        # another tenant cannot see it
+        assert c.get(f"/v1/audits/{job}", headers=H(keys["acme"])).status_code == 404
+        assert c.get(f"/v1/audits/{job}/results", headers=H(keys["beta"])).status_code == 404
+        assert c.get(f"/v1/audits/{job}", headers=H(keys["admin"])).status_code == 200
+        assert c.get("/v1/audits/not-a-job", headers=H(keys["admin"])).status_code == 422
+
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("set/a.mid", _midi(mels[4]))
+            z.writestr("set/b.mid", _midi(mels[5], -2))
+            z.writestr("__MACOSX/._a.mid", b"junk")
+        r = c.post("/v1/audits", headers=H(keys["acme"]), files={"files": ("set.zip", buf.getvalue(), "application/zip")})
+        assert r.status_code == 202 and r.json()["total"] == 2
+        st = _wait_done(c, r.json()["id"], keys["acme"])
+        assert st["verdicts"] == {"block": 2}
+
+
+def test_zip_limits(api_env):
+    path, mels, keys = api_env
+    with _client(path, max_zip_uncompressed_bytes=200_000, max_audit_files=3) as c:
+        bomb = io.BytesIO()
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("a.mid", b"MThd" + b"\0" * 5_000_000)
+        assert len(bomb.getvalue()) < 20_000
+        r = c.post("/v1/audits", headers=H(keys["screener"]), files={"files": ("bomb.zip", bomb.getvalue(), "application/zip")})
+        assert r.status_code == 413 and "inflates" in r.json()["detail"]
+        many = io.BytesIO()
+        with zipfile.ZipFile(many, "w") as z:
+            for i in range(5):
+                z.writestr(f"{i}.mid", _midi(mels[i]))
+        r = c.post("/v1/audits", headers=H(keys["screener"]), files={"files": ("many.zip", many.getvalue(), "application/zip")})
+        assert r.status_code == 422 and "limit is 3" in r.json()["detail"]
+        r = c.post("/v1/audits", headers=H(keys["screener"]), files={"files": ("x.zip", b"PK\x03\x04broken", "application/zip")})
+        assert r.status_code == 422 and "corrupt" in r.json()["detail"]
+
+
+def test_audit_resumes_after_restart(api_env):
+    path, mels, keys = api_env
+    files = [("files", (f"{i}.mid", _midi(mels[i], 1), "audio/midi")) for i in range(4)]
+    with _client(path, run_audit_worker=False) as c:  # the server stops before doing any work
+        job = c.post("/v1/audits", headers=H(keys["screener"]), files=files).json()["id"]
+        assert c.get(f"/v1/audits/{job}", headers=H(keys["screener"])).json()["status"] == "queued"
+    with _client(path) as c:  # restarted
+        st = _wait_done(c, job, keys["screener"])
+        assert st["done"] == 4 and st["verdicts"] == {"block": 4}
+
+
+def test_readyz_and_metrics(api_env):
+    path, mels, keys = api_env
+    with _client(path) as c:
+        ready = c.get("/readyz").json()
+        assert ready["works"] == 6 and ready["index"]["kind"] == "flat" and ready["model"]["latent_dim"] == 64
+        for _ in range(2):
+            c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
+        c.get("/v1/works/5", headers=H(keys["acme"]))
+        text = c.get("/metrics").text
+        assert 'melodyguard_http_requests_total{method="POST",route="/v1/checks",status="200"} 2' in text
+        assert 'route="/v1/works/{work_id}"' in text
+        assert 'melodyguard_http_request_seconds_count{method="POST",route="/v1/checks"} 2' in text
+        assert "melodyguard_catalogue_works 6" in text
+
+
+def test_web_page_and_openapi(api_env):
+    path, _mels, _keys = api_env
+    with _client(path) as c:
+        page = c.get("/")
+        assert page.status_code == 200 and "<form" in page.text and "/v1/checks?format=html" in page.text
+        spec = c.get("/openapi.json").json()
+        paths = spec["paths"]
+        for p in ("/v1/works", "/v1/works/{work_id}", "/v1/checks", "/v1/audits", "/v1/audits/{job_id}",
+                  "/v1/audits/{job_id}/results", "/healthz", "/readyz", "/metrics"):
+            assert p in paths
+        assert "401" in paths["/v1/checks"]["post"]["responses"]
