@@ -174,7 +174,8 @@ def describe(rep: dict[str, Any]) -> str:
     lines = [f"{q.get('path', '<query>')}: {rep['verdict'].upper()} ({q['n_notes']} notes)"]
     for m in rep["matches"]:
         stock = " [stock material]" if m["stock"]["is_stock"] else ""
-        lines.append(f"  [{m['verdict']}] {match_sentence(m)}; E-value {m['score']['evalue']:.3g}{stock}")
+        where = match_sentence(m, seconds=q.get("source") == "audio", beats=bool(q.get("has_beats", True)))
+        lines.append(f"  [{m['verdict']}] {where}; E-value {m['score']['evalue']:.3g}{stock}")
     if not rep["matches"]:
         lines.append("  no candidate matches")
     return "\n".join(lines)

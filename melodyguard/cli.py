@@ -47,7 +47,7 @@ def _err(msg: str) -> None:
 
 # --------------------------------------------------------------------------- melody
 def _setup_melody(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", type=Path, help="a MIDI file (.mid/.midi)")
+    p.add_argument("file", type=Path, help="a MIDI file (.mid/.midi) or audio (WAV, FLAC, MP3, OGG)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--track", type=int, default=None, help="force this instrument index")
     p.add_argument("--all", action="store_true", help="list every candidate line, not only the chosen one")

@@ -323,11 +323,21 @@ def check_file(
     name = filename or name
     melody = extract_melody(data, filename=name)
     t_parse = time.perf_counter()
-    info = {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "track": melody.info.get("track"),
-            "track_name": melody.info.get("track_name")}
-    rep = check_melody(melody, catalogue, config=config, query_info=info)
+    rep = check_melody(melody, catalogue, config=config, query_info=query_info(melody, data, name))
     rep["timing_ms"]["parse"] = round(1000 * (t_parse - t0), 2)
     return rep
+
+
+def query_info(melody: Melody, data: bytes, name: str) -> dict[str, Any]:
+    """What a report says of its query file: name, hash, and where the melody came from."""
+    info: dict[str, Any] = {"path": name, "sha256": hashlib.sha256(data).hexdigest(),
+                            "source": melody.info.get("source", "midi"), "has_beats": melody.has_beats}
+    if info["source"] == "audio":
+        for k in ("tracker", "tempo_bpm", "duration_seconds", "voiced_fraction", "extract_seconds"):
+            info[k] = melody.info.get(k)
+    else:
+        info.update(track=melody.info.get("track"), track_name=melody.info.get("track_name"))
+    return info
 
 
 def config_dict(config: DetectConfig) -> dict[str, Any]:

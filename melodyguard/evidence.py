@@ -18,12 +18,15 @@ from .fingerprint.melody import Melody
 __all__ = ["match_sentence", "score_sentence", "piano_roll_png", "render_html", "write_html_report"]
 
 
-def match_sentence(match: dict[str, Any], *, seconds: bool = False) -> str:
+def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool = True) -> str:
     """E.g. "bars 9-12 of the query match bars 1-4 of 'The Kesh' (owner: X), transposed +3, 18 of 20 notes"."""
     w = match["work"]
     seg = match["segments"][0]
     q, r = seg["query"], seg["reference"]
-    where = (f"{q['seconds'][0]:.1f}-{q['seconds'][1]:.1f} s" if seconds else f"bars {q['bars'][0]}-{q['bars'][1]}")
+    if seconds is True:  # audio: seconds first, bars too where a beat grid was found
+        where = f"{q['seconds'][0]:.1f}-{q['seconds'][1]:.1f} s" + (f" (bars {q['bars'][0]}-{q['bars'][1]})" if beats else "")
+    else:
+        where = f"bars {q['bars'][0]}-{q['bars'][1]}"
     return (
         f"{where} of the query match bars {r['bars'][0]}-{r['bars'][1]} of '{w['title']}' "
         f"(owner: {w['owner'] or 'unknown'}), transposed {match['transposition_semitones']:+d} semitones, "
@@ -80,6 +83,14 @@ def piano_roll_png(query: Melody, ref: Melody, match: dict[str, Any], *, context
                 if bar_start >= x0 - 1e-6:
                     ax.axvline(bar_start, color="#888888", lw=0.6)
                 ax.text(max(bar_start, x0), pi.max() + 1.6, f"bar {bars[k]}", fontsize=7, color="#555555")
+        track = mel.info.get("pitch_track") if mel is query else None
+        if track and len(mel) > 1:  # audio query: the extracted pitch track under its notes
+            t = np.asarray(track["times"], np.float64)
+            f = np.asarray([np.nan if v is None else v for v in track["midi"]], np.float64) + sh
+            tb = np.interp(t, mel.onsets_seconds, mel.onsets_beats)
+            sel = (tb >= x0) & (tb <= x1)
+            ax.plot(tb[sel], f[sel], color="#222222", lw=0.8, label="pitch track")
+            ax.legend(loc="lower right", fontsize=7)
         ax.set_xlim(x0, x1)
         ax.set_ylim(pi.min() - 2, pi.max() + 3)
         ax.set_ylabel("MIDI pitch")
@@ -106,6 +117,7 @@ def render_html(report: dict[str, Any], pictures: list[bytes | None], *, n_works
     """A self-contained HTML page for one report; ``pictures[i]`` belongs to ``report['matches'][i]``."""
     q = report["query"]
     e = html.escape
+    audio = q.get("source") == "audio"
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>melodyguard report</title>",
         f"<style>{_CSS}</style></head><body>",
@@ -120,7 +132,7 @@ def render_html(report: dict[str, Any], pictures: list[bytes | None], *, n_works
     for m, pic in zip(report["matches"], pictures):
         parts.append(f"<div class='match'><h2><span class='verdict {e(m['verdict'])}'>{e(m['verdict'])}</span> "
                      f"{e(m['work']['title'])} <small>(work #{m['work']['id']})</small></h2>")
-        parts.append(f"<p><b>{e(match_sentence(m))}.</b></p>")
+        parts.append(f"<p><b>{e(match_sentence(m, seconds=audio, beats=bool(q.get('has_beats', True))))}.</b></p>")
         parts.append(f"<p>{e(score_sentence(m, n_works))}</p>")
         if m["stock"]["is_stock"]:
             parts.append(f"<p class='stock'>Stock material: {m['stock']['similar_works']} other works share this passage "

@@ -7,6 +7,7 @@ need=()
 command -v fluidsynth >/dev/null || need+=(fluidsynth)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
 command -v chromium >/dev/null || need+=(chromium)
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "system_deps: please install ${need[*]} (Debian: apt-get install -y ${need[*]})" >&2

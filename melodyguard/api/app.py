@@ -12,7 +12,6 @@ their next request (delay: none beyond that request's index refresh).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -408,14 +407,12 @@ def _stem(file: UploadFile) -> str:
 
 
 def _check(cat: Any, data: bytes, name: str, who: Principal, html: bool) -> tuple[dict[str, Any], str | None]:
-    from ..detect import check_melody
+    from ..detect import check_melody, query_info
     from ..evidence import piano_roll_png, render_html
     from ..fingerprint import extract_melody
 
     melody = extract_melody(data, filename=name)
-    info = {"path": name, "sha256": hashlib.sha256(data).hexdigest(), "track": melody.info.get("track"),
-            "track_name": melody.info.get("track_name")}
-    rep = check_melody(melody, cat, query_info=info)
+    rep = check_melody(melody, cat, query_info=query_info(melody, data, name))
     rep, visible = redact_report(rep, who, cat)
     if not html:
         return rep, None
