@@ -191,7 +191,13 @@ def check_melody(
     hits: dict[int, np.ndarray] = {}
     ranked = sorted(votes, key=lambda w: -max(votes[w].values()))[: config.max_candidates]
     for w in ranked:
-        sel = w_all == w
+        # Transposition and tempo come from the hits of the winning offset (the temporally
+        # consistent ones), not from every hit of the work: in a small catalogue a work also
+        # collects stray hits at other offsets, whose tempo ratios would skew the estimate.
+        best_bin = max(votes[w], key=lambda k: votes[w][k]) - 500_000
+        sel = (w_all == w) & (np.abs(b - best_bin) <= 1)
+        if not sel.any():
+            sel = w_all == w
         hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
     t_vote = time.perf_counter()
 
@@ -211,11 +217,15 @@ def check_melody(
         r_ioi = note_iois(ref.onsets_beats, ref.durations_beats)
         wr = note_weights(ref.pitches, r_ioi, background)
         best_al: list[Any] = []
+        # Window medians give a noisy tempo ratio; copies mostly keep the beat (x1) or halve or
+        # double it, so the snapped ratio and x1 are tried as well.
+        ratios = sorted({round(ratio, 4), float(2.0 ** np.round(np.log2(max(ratio, 1e-6)))), 1.0})
         for tr in transpositions:
-            al = align_notes(melody.pitches, q_ioi, ref.pitches, r_ioi, transposition=tr, tempo_ratio=ratio,
-                             max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
-            if al and (not best_al or al[0].score > best_al[0].score):
-                best_al = al
+            for rt in ratios:
+                al = align_notes(melody.pitches, q_ioi, ref.pitches, r_ioi, transposition=tr, tempo_ratio=rt,
+                                 max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
+                if al and (not best_al or al[0].score > best_al[0].score):
+                    best_al = al
         if not best_al:
             continue
         segs: list[dict[str, Any]] = []
@@ -331,7 +341,7 @@ def check_file(
 def query_info(melody: Melody, data: bytes, name: str) -> dict[str, Any]:
     """What a report says of its query file: name, hash, and where the melody came from."""
     info: dict[str, Any] = {"path": name, "sha256": hashlib.sha256(data).hexdigest(),
-                            "source": melody.info.get("source", "midi"), "has_beats": melody.has_beats}
+                            "source": melody.info.get("kind", "midi"), "has_beats": melody.has_beats}
     if info["source"] == "audio":
         for k in ("tracker", "tempo_bpm", "duration_seconds", "voiced_fraction", "extract_seconds"):
             info[k] = melody.info.get(k)

@@ -53,7 +53,7 @@ def test_solo_renditions_match_the_midi_catalogue(catalogue, program, shift, tem
     k = [3, 11, 17, 25, 33][[0, 73, 48, 80, 52].index(program)]
     data = _render(mels[k], program=program, shift=shift, tempo=tempo, seed=program)
     mel = extract_melody(data, filename="take.wav")
-    assert mel.info["source"] == "audio" and mel.info["tracker"] == "swift-f0"
+    assert mel.info["kind"] == "audio" and mel.info["tracker"] == "swift-f0"
     rep = check_melody(mel, cat, query_info={"source": "audio", "has_beats": mel.has_beats})
     assert rep["verdict"] in ("block", "review"), rep["matches"][:1]
     top = rep["matches"][0]

@@ -233,3 +233,25 @@ def test_cli_check_exit_codes_and_json_lines(tmp_path, rng, capsys, monkeypatch)
     assert "not a Standard MIDI File" in capsys.readouterr().err
     assert cli.main(["list", "--json"]) == 0
     assert [w["title"] for w in json.loads(capsys.readouterr().out)] == ["Original"]
+
+
+
+def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):
+    """The bundled copied phrase against 60 O'Neill tunes (its source among them). Regression: with
+    few works, stray hits skewed the window-level tempo estimate and verification aligned the
+    phrase at x0.8 instead of x1, scoring it 'clear' (E 0.036 instead of 1e-13)."""
+    pytest.importorskip("music21")
+    from melodyguard.corpus import build_corpus, load_corpus
+    from melodyguard.detect import check_file
+
+    db = tmp_path / "corpus.sqlite"
+    build_corpus(db, collections=["oneills1850"], limit=60, progress=False)
+    tunes = load_corpus(db, collections=["oneills1850"])
+    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+    cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title} for t in tunes])
+    example = Path(__file__).resolve().parents[1] / "melodyguard" / "examples" / "copied_phrase.mid"
+    top = check_file(example, cat)["matches"][0]
+    assert top["work"]["title"] == "The Little Heathy Hill" and top["verdict"] == "block", top["score"]
+    assert top["beat_ratio"] == 1.0 and top["transposition_semitones"] == 3
+    assert top["segments"][0]["query"]["bars"] == [9, 12]
+    cat.close()

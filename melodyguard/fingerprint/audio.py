@@ -333,7 +333,7 @@ def melody_from_audio(
     db = np.maximum(eb - ob, 1e-3)
     step = max(1, len(track.times) // 4000)
     info = {
-        "source": "audio", "tracker": config.tracker, "percussion": config.percussion,
+        "kind": "audio", "tracker": config.tracker, "percussion": config.percussion,
         "tempo_bpm": round(tempo, 2), "beats_found": int(len(beats)), "voiced_fraction": round(vfrac, 3),
         "pitch_wobble": round(wobble, 3), **facts,
         "pitch_track": {"times": track.times[::step].round(3).tolist(),
