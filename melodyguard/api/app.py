@@ -200,6 +200,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             "a Standard MIDI File or audio (WAV, FLAC, MP3, OGG)")
         return data
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's fault; still JSON, and logged by uvicorn with its traceback.
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); please report it"}, status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers or {})
