@@ -27,7 +27,18 @@ class VAEConfig:
     dec_layers: int = 2
     dropout: float = 0.1
     latent_dim: int = 64
+    #: the first ``retrieval_dim`` latent dimensions form the fingerprint (trained to be
+    #: invariant to edits); the rest carry the details the decoder needs. 0 = all of them.
+    retrieval_dim: int = 0
     window_format_version: int = WINDOW_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.retrieval_dim <= self.latent_dim:
+            raise ConfigError(f"retrieval_dim must be in 0..latent_dim; got {self.retrieval_dim}")
+
+    @property
+    def fingerprint_dim(self) -> int:
+        return self.retrieval_dim or self.latent_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +52,8 @@ class VAEConfig:
 
 
 PRESETS: dict[str, VAEConfig] = {
-    "default": VAEConfig(),
+    # 96 latent dimensions: 64 form the fingerprint, 32 keep the notes' details for the decoder.
+    "default": VAEConfig(latent_dim=96, retrieval_dim=64),
     "small": VAEConfig(name="small", d_model=64, heads=4, ff=128, enc_layers=2, dec_layers=1, latent_dim=32),
     # For tests: trains in seconds.
     "tiny": VAEConfig(name="tiny", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1, latent_dim=8),

@@ -84,6 +84,7 @@ def save_weights(model: MelodyVAE, path: Path, *, extra: dict[str, Any] | None =
         "preset": model.config.name,
         "config": model.config.to_dict(),
         "latent_dim": model.config.latent_dim,
+        "fingerprint_dim": model.config.fingerprint_dim,
         "window_format_version": model.config.window_format_version,
         "package_version": __version__,
         "sha256": sha256_file(path),
@@ -114,7 +115,10 @@ class Encoder:
         self.model = model.eval()
         self.manifest = manifest
         self.config: VAEConfig = model.config
-        self.dim = model.config.latent_dim
+        #: the fingerprint's dimension (the first ``dim`` latent dimensions, L2-normalised)
+        self.dim = model.config.fingerprint_dim
+        #: the whole latent's dimension (what the decoder reads)
+        self.latent_dim = model.config.latent_dim
         self.window_config = WindowConfig(length=model.config.window_length, hop=1)
 
     @classmethod
@@ -164,7 +168,8 @@ class Encoder:
 
     @torch.inference_mode()
     def embed_tokens(self, pitch: np.ndarray, rhythm: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-        """Posterior means of token windows, L2-normalised: ``(n, d)`` float32."""
+        """Fingerprints of token windows: the first ``dim`` dimensions of the posterior means,
+        L2-normalised, ``(n, dim)`` float32."""
         n = pitch.shape[0]
         out = np.empty((n, self.dim), dtype=np.float32)
         for i in range(0, n, batch_size):
@@ -172,7 +177,7 @@ class Encoder:
                 torch.from_numpy(np.ascontiguousarray(pitch[i:i + batch_size])),
                 torch.from_numpy(np.ascontiguousarray(rhythm[i:i + batch_size])),
             )
-            out[i:i + batch_size] = torch.nn.functional.normalize(mu, dim=-1).numpy()
+            out[i:i + batch_size] = torch.nn.functional.normalize(mu[:, : self.dim], dim=-1).numpy()
         return out
 
     def embed(self, melody: Melody, *, hop: int = 1, min_notes: int | None = None) -> Embedding:

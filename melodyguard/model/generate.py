@@ -63,7 +63,7 @@ def sample_melodies(
     if temperature < 0:
         raise InvalidInputError(f"temperature must be >= 0; got {temperature}")
     rng = np.random.default_rng(seed)
-    d = encoder.dim
+    d = encoder.latent_dim
     L = encoder.config.window_length
     per = int(np.ceil(4.0 * bars / (0.5 * L))) + 1  # windows needed at ~half a beat per note
     z = rng.standard_normal((n, d)).astype(np.float32)

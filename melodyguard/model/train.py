@@ -129,8 +129,9 @@ def vae_loss(
     kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
     kl = torch.clamp(kl_dim, min=cfg.free_bits).sum()
     mu_b, _ = model.encode(batch["b_pitch"], batch["b_rhythm"])
-    za = F.normalize(mu, dim=-1)
-    zb = F.normalize(mu_b, dim=-1)
+    R = model.config.fingerprint_dim  # only the fingerprint part is made edit-invariant
+    za = F.normalize(mu[:, :R], dim=-1)
+    zb = F.normalize(mu_b[:, :R], dim=-1)
     logits = za @ zb.T / cfg.temperature
     # Identical clean windows are not negatives of each other.
     key = ap * 16 + ar
