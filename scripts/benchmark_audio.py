@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--negatives", type=int, default=60)
     ap.add_argument("--tracker-tunes", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--conditions", nargs="*", default=["solo", "accompanied", "partial"])
+    ap.add_argument("--no-timing", action="store_true", help="skip the 3-minute track and the tracker comparison")
     ap.add_argument("--json", type=Path, default=Path("runs/benchmark_audio.json"))
     a = ap.parse_args(argv)
     import torch
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     neg = np.asarray(neg_scores)
     res["negatives"] = {"n": len(neg), "flagged_review_or_block": int(sum(v in ("review", "block") for v in neg_verdicts)),
                         "no_melody": int(sum(v == "no melody" for v in neg_verdicts))}
-    for cond in ("solo", "accompanied", "partial"):
+    for cond in a.conditions:
         ranks, scores, verdicts = [], [], []
         for i, t in enumerate(src):
             p, o, d = _notes(t.melody)
@@ -216,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(cond, json.dumps(res[cond]), flush=True)
 
+    if a.no_timing:
+        cat.close()
+        print(json.dumps(res, indent=2, default=float))
+        return 0
     # 3-minute track: tunes back to back, one instrument, extraction and check timed
     parts_p, parts_o, parts_d, t0b = [], [], [], 0.0
     for t in negatives:

@@ -271,7 +271,7 @@ def test_readyz_and_metrics(api_env):
     path, mels, keys = api_env
     with _client(path) as c:
         ready = c.get("/readyz").json()
-        assert ready["works"] == 6 and ready["index"]["kind"] == "flat" and ready["model"]["latent_dim"] == 64
+        assert ready["works"] == 6 and ready["index"]["kind"] == "flat" and ready["model"]["fingerprint_dim"] == 64
         for _ in range(2):
             c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
         c.get("/v1/works/5", headers=H(keys["acme"]))

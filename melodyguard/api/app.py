@@ -236,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ready", "version": __version__,
                 "model": {"fingerprint": cat.encoder.fingerprint, "preset": man.get("preset"),
                           "format_version": man.get("format_version"), "latent_dim": man.get("latent_dim"),
+                          "fingerprint_dim": cat.encoder.dim,
                           "sha256": man.get("sha256")},
                 "encoder": cat.encoder.fingerprint, "index": idx.manifest.to_dict(), "works": cat.count()}
 
