@@ -188,3 +188,13 @@ def test_audio_evidence_speaks_in_seconds(catalogue, tmp_path):
     html = out.read_text()
     assert " s (bars " in html or " s of the query" in html
     assert "data:image/png;base64" in html
+
+
+def test_split_at_onsets_cuts_legato_repeats_only_inside_notes():
+    from melodyguard.fingerprint.audio import _split_at_onsets
+
+    p, a, b = _split_at_onsets(np.array([60, 62]), np.array([0.0, 1.0]), np.array([1.0, 1.5]),
+                               np.array([0.05, 0.5, 0.98, 1.25]), min_part=0.07)
+    # 0.05 and 0.98 are too close to the first note's ends; 1.25 splits the second note
+    assert p.tolist() == [60, 60, 62, 62]
+    assert a.tolist() == [0.0, 0.5, 1.0, 1.25] and b.tolist() == [0.5, 1.0, 1.25, 1.5]
