@@ -255,3 +255,4 @@ def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):
     assert top["beat_ratio"] == 1.0 and top["transposition_semitones"] == 3
     assert top["segments"][0]["query"]["bars"] == [9, 12]
     cat.close()
+

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .._sqlite import connect
 from ..errors import InvalidInputError, MelodyGuardError
 
 __all__ = ["JobStore", "JobWorker", "results_csv"]
@@ -58,9 +59,7 @@ class JobStore:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.db, timeout=30)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA foreign_keys=ON")
+            con = connect(self.db, timeout=30)
             self._local.con = con
         return con
 

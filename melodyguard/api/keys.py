@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._sqlite import connect
 from ..errors import ConfigError, InvalidInputError
 
 __all__ = ["ROLES", "Principal", "KeyStore"]
@@ -75,8 +76,7 @@ class KeyStore:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=30)
-            con.execute("PRAGMA journal_mode=WAL")
+            con = connect(self.path, timeout=30)
             self._local.con = con
         return con
 

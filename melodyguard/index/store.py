@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .._sqlite import connect
 from ..config import catalogue_dir
 from ..errors import (
     DuplicateWorkError,
@@ -165,10 +166,7 @@ class Catalogue:
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA foreign_keys=ON")
-            con.execute("PRAGMA busy_timeout=60000")
+            con = connect(self.db_path, timeout=60.0, isolation_level=None, check_same_thread=False)
             self._local.con = con
         return con
 
