@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["connect"]
+__all__ = ["connect", "ThreadConnections"]
 
 
 def connect(path: str | Path, *, timeout: float = 60.0, **kwargs: Any) -> sqlite3.Connection:
@@ -34,3 +35,24 @@ def connect(path: str | Path, *, timeout: float = 60.0, **kwargs: Any) -> sqlite
     con.execute("PRAGMA foreign_keys=ON")
     con.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     return con
+
+
+class ThreadConnections:
+    """One connection per thread to one SQLite file (connections are not shared across threads)."""
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = connect(self.path, timeout=self.timeout)
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None

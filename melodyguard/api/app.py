@@ -12,6 +12,7 @@ their next request (delay: none beyond that request's index refresh).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -68,6 +69,11 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
 
+#: library errors to HTTP status codes, most specific first (anything else: 400)
+_STATUS: tuple[tuple[type[MelodyGuardError], int], ...] = (
+    (DuplicateWorkError, 409), (WorkNotFoundError, 404), (InputTooLargeError, 413),
+    (UnsupportedFormatError, 415), (InvalidInputError, 422), (ArtifactError, 503),
+)
 _AUTH_ERRORS = (401, 403, 429)
 _UPLOAD_ERRORS = (400, 413, 415, 422)
 
@@ -174,19 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(MelodyGuardError)
     async def _mg_error(request: Request, exc: MelodyGuardError) -> JSONResponse:
-        status = 400
-        if isinstance(exc, DuplicateWorkError):
-            status = 409
-        elif isinstance(exc, WorkNotFoundError):
-            status = 404
-        elif isinstance(exc, InputTooLargeError):
-            status = 413
-        elif isinstance(exc, UnsupportedFormatError):
-            status = 415
-        elif isinstance(exc, InvalidInputError):
-            status = 422
-        elif isinstance(exc, ArtifactError):
-            status = 503
+        status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     async def read_upload(file: UploadFile, limit: int, *, sniff: bool = True) -> bytes:
@@ -242,7 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}}})
-    async def get_metrics(request: Request) -> PlainTextResponse:
+    def get_metrics(request: Request) -> PlainTextResponse:  # sync: SQLite and the index, off the loop
         state = request.app.state
         gauges = {
             "melodyguard_catalogue_works": ("Works in the catalogue.", float(state.catalogue.count())),
@@ -355,10 +349,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for f in files:
             data = await read_upload(f, settings.max_audit_bytes, sniff=False)
             if data[:4] == b"PK\x03\x04":
-                spool = f.file
-                spool.seek(0)
                 members = await run_in_threadpool(
-                    read_zip, spool, max_files=settings.max_audit_files - len(items),
+                    read_zip, io.BytesIO(data), max_files=settings.max_audit_files - len(items),
                     max_total_bytes=settings.max_zip_uncompressed_bytes, max_file_bytes=settings.max_upload_bytes)
                 items += [(m.name, m.data) for m in members]
             else:

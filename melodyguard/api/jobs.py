@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .._sqlite import connect
+from .._sqlite import ThreadConnections
 from ..errors import InvalidInputError, MelodyGuardError
 
 __all__ = ["JobStore", "JobWorker", "results_csv"]
@@ -52,16 +52,9 @@ class JobStore:
         self.db = Path(db)
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._con = ThreadConnections(self.db).get
         with self._con() as con:
             con.executescript(_SCHEMA)
-
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = connect(self.db, timeout=30)
-            self._local.con = con
-        return con
 
     def create(self, files: list[tuple[str, bytes]], *, key_id: str, role: str, owner: str) -> dict[str, Any]:
         """Save the files and queue a job; returns its status."""

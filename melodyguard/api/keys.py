@@ -22,13 +22,11 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._sqlite import connect
+from .._sqlite import ThreadConnections
 from ..errors import ConfigError, InvalidInputError
 
 __all__ = ["ROLES", "Principal", "KeyStore"]
@@ -69,16 +67,10 @@ class KeyStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._cons = ThreadConnections(self.path)
+        self._con = self._cons.get
         with self._con() as con:
             con.executescript(_SCHEMA)
-
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = connect(self.path, timeout=30)
-            self._local.con = con
-        return con
 
     def create(self, *, role: str, owner: str = "", label: str = "") -> tuple[str, dict[str, Any]]:
         """Create a key. Returns ``(key, record)``; the key is not stored and cannot be shown again."""
@@ -134,7 +126,4 @@ class KeyStore:
         return Principal(m.group(1), r[1], r[2])
 
     def close(self) -> None:
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        self._cons.close()
