@@ -31,7 +31,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from .align import DEFAULT_SCORING, Scoring, align_notes, note_iois, note_weights
 from .errors import InvalidInputError
-from .fingerprint.melody import Melody
+from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
 
 __all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "Calibration", "load_calibration", "check_melody", "check_file"]
@@ -86,8 +86,15 @@ class Calibration:
         d = self.info.get("scoring")
         return Scoring(**d) if d else DEFAULT_SCORING
 
-    def evalue(self, score: float, m: int, n: int) -> float:
-        return float(self.K * max(m, 1) * max(n, 1) * np.exp(-self.lam * score))
+    def evalue(self, score: float, m: int, n: int, *, collapsed: bool = False) -> float:
+        """Expected number of chance alignments scoring >= ``score`` between ``m`` query notes
+        and ``n`` catalogue notes. ``collapsed`` uses the law fitted on repeat-collapsed
+        melodies (audio queries), whose chance scores run higher."""
+        lam, K = self.lam, self.K
+        c = self.info.get("collapsed")
+        if collapsed and c:
+            lam, K = float(c["lambda"]), float(c["K"])
+        return float(K * max(m, 1) * max(n, 1) * np.exp(-lam * score))
 
 
 _CAL: Calibration | None = None
@@ -144,17 +151,31 @@ def check_melody(
     n_works = catalogue.count()
     N = max(catalogue.total_notes, 1)
     cal = load_calibration()
-    qw = window_melody(melody, config=WindowConfig(length=enc.config.window_length, hop=1))
-    if config.short_window and len(melody) > config.short_window:
-        sw = short_windows(melody, length=enc.config.window_length, n_notes=config.short_window)
-        qw = Windows(*(np.concatenate([getattr(qw, f), getattr(sw, f)]) for f in
-                       ("pitch", "rhythm", "start", "n_notes", "ref_pitch", "median_ioi_beats")))
+    # Views of the query: the notes as given; for audio also the repeat-collapsed form, searched
+    # against the catalogue's collapsed windows (transcription joins legato repeated notes).
+    views: list[tuple[Melody, np.ndarray]] = [(melody, np.arange(len(melody)))]
+    if melody.info.get("kind") == "audio":
+        views.append(collapse_repeats(melody))
+    parts, qview_parts = [], []
+    wcfg = WindowConfig(length=enc.config.window_length, hop=1)
+    for v, (vm, _) in enumerate(views):
+        if v and len(vm) < wcfg.min_notes:
+            continue
+        vp = [window_melody(vm, config=wcfg)]
+        if config.short_window and len(vm) > config.short_window:
+            vp.append(short_windows(vm, length=wcfg.length, n_notes=config.short_window))
+        parts += vp
+        qview_parts.append(np.full(sum(len(x) for x in vp), v, np.int64))
+    qw = Windows(*(np.concatenate([getattr(x, f) for x in parts]) for f in
+                   ("pitch", "rhythm", "start", "n_notes", "ref_pitch", "median_ioi_beats")))
+    qview = np.concatenate(qview_parts)
     vectors = enc.embed_tokens(qw.pitch, qw.rhythm)
     t_embed = time.perf_counter()
     sims, vids = index.search(vectors, config.k)
     t_search = time.perf_counter()
     rows = table.rows(vids)
     ok = (rows >= 0) & (sims >= config.min_sim)
+    ok &= table.view[np.maximum(rows, 0)] == qview[:, None]
     # Flatten the hits; keep each query window's best hit per work.
     qi_all = np.repeat(np.arange(rows.shape[0]), rows.shape[1])
     r_all, s_all = rows.reshape(-1), sims.reshape(-1)
@@ -177,7 +198,8 @@ def check_melody(
     n_close = np.bincount(qi_all[close], minlength=n_q)
     weight = 1.0 / np.sqrt(np.maximum(n_close[qi_all], 1))
     off = table.start[r_all] - qw.start[qi_all]
-    b = np.floor(off / config.offset_bin).astype(np.int64)
+    # Offsets count notes of one view; each view votes in its own band of bins.
+    b = np.floor(off / config.offset_bin).astype(np.int64) + 200_000 * table.view[r_all]
     v = (s_all - config.min_sim) * weight
     trans_all = table.ref_pitch[r_all] - qw.ref_pitch[qi_all]
     ratio_all = table.median_ioi[r_all] / np.maximum(qw.median_ioi_beats[qi_all], 1e-6)
@@ -201,10 +223,11 @@ def check_melody(
         hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
     t_vote = time.perf_counter()
 
-    q_ioi = note_iois(melody.onsets_beats, melody.durations_beats)
-    q_ioi_s = note_iois(melody.onsets_seconds, melody.durations_seconds)
     background = cal.info.get("background")
-    wq = note_weights(melody.pitches, q_ioi, background)
+    q_side = []  # per view: (melody, map to original notes, iois in beats, note weights)
+    for vm, vmap in views:
+        vi = note_iois(vm.onsets_beats, vm.durations_beats)
+        q_side.append((vm, vmap, vi, note_weights(vm.pitches, vi, background)))
     matches: list[dict[str, Any]] = []
     for w in ranked:
         hw = hits[w]
@@ -214,20 +237,35 @@ def check_melody(
         transpositions = sorted(trans_w, key=lambda x: -trans_w[x])[:2]
         ratio = _weighted_median(hw[:, 2], hw[:, 1])
         ref = catalogue.melody(w)
-        r_ioi = note_iois(ref.onsets_beats, ref.durations_beats)
-        wr = note_weights(ref.pitches, r_ioi, background)
         best_al: list[Any] = []
+        best_e, best_v = np.inf, 0
         # Window medians give a noisy tempo ratio; copies mostly keep the beat (x1) or halve or
         # double it, so the snapped ratio and x1 are tried as well.
         ratios = sorted({round(ratio, 4), float(2.0 ** np.round(np.log2(max(ratio, 1e-6)))), 1.0})
-        for tr in transpositions:
-            for rt in ratios:
-                al = align_notes(melody.pitches, q_ioi, ref.pitches, r_ioi, transposition=tr, tempo_ratio=rt,
-                                 max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
-                if al and (not best_al or al[0].score > best_al[0].score):
-                    best_al = al
+        for v, (qm, qmap, q_ioi, wq) in enumerate(q_side):
+            rm, rmap = (ref, np.arange(len(ref))) if v == 0 else collapse_repeats(ref)
+            r_ioi = note_iois(rm.onsets_beats, rm.durations_beats)
+            wr = note_weights(rm.pitches, r_ioi, background)
+            for tr in transpositions:
+                for rt in ratios:
+                    al = align_notes(qm.pitches, q_ioi, rm.pitches, r_ioi, transposition=tr, tempo_ratio=rt,
+                                     max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
+                    if not al:
+                        continue
+                    # x views tried: the smallest of several E-values is corrected for the choice
+                    e_v = cal.evalue(al[0].score, len(qm), N, collapsed=v > 0) * len(q_side)
+                    if e_v < best_e:
+                        best_al, best_e, best_v = al, e_v, v
+                        view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi)
         if not best_al:
             continue
+        qm, qmap, q_ioi, rm, rmap, r_ioi = view_notes
+        main = best_al[0]
+        tempo_sec = float(np.median(note_iois(rm.onsets_seconds, rm.durations_seconds)[main.ref_idx]
+                                    / note_iois(qm.onsets_seconds, qm.durations_seconds)[main.query_idx]))
+        beat_ratio = float(np.median(r_ioi[main.ref_idx] / q_ioi[main.query_idx]))
+        # Evidence speaks of the notes as given: collapsed-view indices map to each run's first note.
+        best_al = [replace(a, query_idx=qmap[a.query_idx], ref_idx=rmap[a.ref_idx]) for a in best_al]
         segs: list[dict[str, Any]] = []
         total_score = 0.0
         q_cov = np.zeros(len(melody), bool)
@@ -252,12 +290,10 @@ def check_melody(
             continue
         main = best_al[0]
         n_eq_main = segs[0]["matched_notes"]
-        qa, ra = main.query_idx, main.ref_idx
-        tempo_sec = float(np.median(note_iois(ref.onsets_seconds, ref.durations_seconds)[ra] / q_ioi_s[qa]))
-        beat_ratio = float(np.median(r_ioi[ra] / q_ioi[qa]))
-        inside = (qw.start >= qa.min()) & (qw.start <= qa.max())
+        qa = main.query_idx
+        inside = (qview == 0) & (qw.start >= qa.min()) & (qw.start <= qa.max())
         similar = int(np.median(np.maximum(n_close[inside], 1))) - 1 if inside.any() else 0
-        e = cal.evalue(main.score, len(melody), N) * (1.0 + max(similar, 0) / config.stock_divisor)
+        e = best_e * (1.0 + max(similar, 0) / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:
             e = max(e, 1.0)
         work = catalogue.get(w)
@@ -277,6 +313,8 @@ def check_melody(
             "segments": segs,
             "coverage": {"query": round(float(q_cov.mean()), 3), "reference": round(float(r_cov.mean()), 3)},
             "stock": {"similar_works": max(similar, 0), "is_stock": similar >= 3},
+            # "repeats_joined": matched with runs of repeated notes joined on both sides (audio).
+            "matched_as": "repeats_joined" if best_v else "notes",
         })
     matches.sort(key=lambda m: m["evalue"])
     matches = matches[: config.max_matches]

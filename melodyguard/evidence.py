@@ -134,6 +134,9 @@ def render_html(report: dict[str, Any], pictures: list[bytes | None], *, n_works
                      f"{e(m['work']['title'])} <small>(work #{m['work']['id']})</small></h2>")
         parts.append(f"<p><b>{e(match_sentence(m, seconds=audio, beats=bool(q.get('has_beats', True))))}.</b></p>")
         parts.append(f"<p>{e(score_sentence(m, n_works))}</p>")
+        if m.get("matched_as") == "repeats_joined":
+            parts.append("<p class='stock'>Matched with runs of repeated notes joined on both sides: the recording's "
+                         "transcription hears a legato repeated note as one; note counts are of the joined notes.</p>")
         if m["stock"]["is_stock"]:
             parts.append(f"<p class='stock'>Stock material: {m['stock']['similar_works']} other works share this passage "
                          "about as closely; it counts for less.</p>")

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -124,7 +125,9 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
 
 
 # ----------------------------------------------------------------------------- detection section
-def make_queries(cat_tunes, hosts, *, n: int, rng) -> list[dict[str, Any]]:
+def make_queries(cat_tunes, hosts, *, n: int, rng, decoy_hosts=None) -> list[dict[str, Any]]:
+    """Whole and partial copies; with ``decoy_hosts`` also partial copies inserted into decoys
+    (kind ``partial, backwards host``), made after the others so those stay the same."""
     queries = []
     src_idx = rng.choice(len(cat_tunes), size=min(n, len(cat_tunes)), replace=False)
     for level in WHOLE_LEVELS:
@@ -132,6 +135,14 @@ def make_queries(cat_tunes, hosts, *, n: int, rng) -> list[dict[str, Any]]:
             q = augment(notes_of(cat_tunes[i].melody), level, rng=rng)
             if len(q[0]) >= 8:
                 queries.append({"kind": "whole", "level": level, "source": int(i), "melody": to_melody(q)})
+    queries += _partials(cat_tunes, hosts, src_idx, rng=rng, kind="partial")
+    if decoy_hosts is not None:
+        queries += _partials(cat_tunes, decoy_hosts, src_idx, rng=rng, kind="partial, backwards host")
+    return queries
+
+
+def _partials(cat_tunes, hosts, src_idx, *, rng, kind: str) -> list[dict[str, Any]]:
+    queries = []
     for level in PARTIAL_LEVELS:
         for i in src_idx:
             p, o, d = notes_of(cat_tunes[i].melody)
@@ -140,8 +151,8 @@ def make_queries(cat_tunes, hosts, *, n: int, rng) -> list[dict[str, Any]]:
                 continue
             s = int(rng.integers(0, len(p) - ln + 1))
             ex = augment((p[s:s + ln], o[s:s + ln] - o[s], d[s:s + ln]), level, rng=rng)
-            host = hosts[int(rng.integers(len(hosts)))].melody
-            hp, ho, hd = notes_of(host)
+            host_tune = hosts[int(rng.integers(len(hosts)))]
+            hp, ho, hd = notes_of(host_tune.melody)
             k = int(rng.integers(0, len(hp) + 1))
             # Scale the excerpt to the host's pace so the insert is not given away by tempo.
             scale = float(np.median(note_iois(ho, hd)) / max(np.median(note_iois(ex[1], ex[2])), 1e-6))
@@ -152,8 +163,8 @@ def make_queries(cat_tunes, hosts, *, n: int, rng) -> list[dict[str, Any]]:
             P = np.concatenate([hp[:k], ex[0], hp[k:]])
             O = np.concatenate([ho[:k], start + ins_o, ho[k:] + span])
             D = np.concatenate([hd[:k], ins_d, hd[k:]])
-            queries.append({"kind": "partial", "level": level, "source": int(i), "melody": Melody.from_notes(P, O, D),
-                            "excerpt_notes": ln})
+            queries.append({"kind": kind, "level": level, "source": int(i), "melody": Melody.from_notes(P, O, D),
+                            "excerpt_notes": ln, "insert_at": k, "host": host_tune.key})
     return queries
 
 
@@ -224,7 +235,9 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
 
         sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
         wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
-        queries = make_queries(cat_tunes, hosts, n=n_queries, rng=rng)
+        negatives, res["negatives_dropped_as_duplicates"] = drop_near_duplicates(hosts, cat_tunes)
+        decoys = [SimpleNamespace(melody=retrograde(h.melody), key="backwards:" + h.key) for h in negatives]
+        queries = make_queries(cat_tunes, hosts, n=n_queries, rng=rng, decoy_hosts=decoys)
         check_melody(queries[0]["melody"], cat)  # warm-up (numba compile, caches)
         lat = []
         for q in queries:
@@ -236,13 +249,10 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
             ev = [m["score"]["evalue"] for m in rep["matches"] if wid_to_i[m["work"]["id"]] == q["source"]]
             q["score"] = -np.log10(max(ev[0], 1e-300)) if ev else -10.0
             q["verdict"] = rep["verdict"]
-        negatives, res["negatives_dropped_as_duplicates"] = drop_near_duplicates(hosts, cat_tunes)
-        neg_scores, neg_verdicts = [], []
-        for h in negatives:
-            rep = check_melody(h.melody, cat)
-            neg_scores.append(-np.log10(max(rep["matches"][0]["score"]["evalue"], 1e-300)) if rep["matches"] else -10.0)
-            neg_verdicts.append(rep["verdict"])
-        neg_scores = np.asarray(neg_scores)
+        neg_scores, neg_verdicts = best_scores([h.melody for h in negatives], cat)
+        dec_scores, dec_verdicts = best_scores([h.melody for h in decoys], cat)
+        res["fpr_default_review_backwards_negatives"] = round(float(np.mean([v != "clear" for v in dec_verdicts])), 4)
+        res["fpr_default_block_backwards_negatives"] = round(float(np.mean([v == "block" for v in dec_verdicts])), 4)
         res["latency_ms_p50"] = round(1000 * float(np.percentile(lat, 50)), 1)
         res["latency_ms_p95"] = round(1000 * float(np.percentile(lat, 95)), 1)
         res["negatives"] = len(negatives)
@@ -270,6 +280,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
                 q["bl_rank"] = int(np.flatnonzero(order_ == q["source"])[0]) + 1
                 q["bl_score"] = float(sc[q["source"]])
         bl_neg = np.asarray([baseline(h.melody).max() for h in negatives])
+        bl_dec = np.asarray([baseline(h.melody).max() for h in decoys])
         res["baseline_latency_ms_p50"] = round(1000 * float(np.percentile(bl_lat, 50)), 1)
         res["speedup_vs_baseline_p50"] = round(res["baseline_latency_ms_p50"] / max(res["latency_ms_p50"], 1e-9), 1)
 
@@ -282,24 +293,85 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
             bs = np.array([q["bl_score"] for q in sub])
             sr = np.array([q["rank"] for q in sub])
             ss = np.array([q["score"] for q in sub])
+            # Partial copies in backwards hosts are scored against backwards negatives.
+            negs, bl_negs = (dec_scores, bl_dec) if "backwards" in kind else (neg_scores, bl_neg)
             rows.append({
                 "kind": kind, "level": level, "queries": len(qs),
                 "recall@1": round(float(np.mean(ranks == 1)), 4),
                 "mrr": round(float(np.mean(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0))), 4),
-                "tpr@1%fpr": round(tpr_at_fpr(scores, neg_scores), 4),
+                "tpr@1%fpr": round(tpr_at_fpr(scores, negs), 4),
                 "flagged_default": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
                 "paired_queries": len(sub),
                 "ours_recall@1_paired": round(float(np.mean(sr == 1)), 4),
-                "ours_tpr_paired": round(tpr_at_fpr(ss, neg_scores), 4),
+                "ours_tpr_paired": round(tpr_at_fpr(ss, negs), 4),
                 "baseline_recall@1": round(float(np.mean(br == 1)), 4),
                 "baseline_mrr": round(float(np.mean(1.0 / br)), 4),
-                "baseline_tpr@1%fpr": round(tpr_at_fpr(bs, bl_neg), 4),
+                "baseline_tpr@1%fpr": round(tpr_at_fpr(bs, bl_negs), 4),
             })
         res["levels"] = rows
         cat.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res
+
+
+def best_scores(melodies: list[Melody], cat, *, exclude: list[int] | None = None) -> tuple[np.ndarray, list[str]]:
+    """-log10 E-value of each query's best match (-10 without one) and its verdict."""
+    from melodyguard.detect import check_melody
+
+    scores, verdicts = [], []
+    for i, m in enumerate(melodies):
+        rep = check_melody(m, cat, exclude_work=exclude[i] if exclude else None)
+        scores.append(-np.log10(max(rep["matches"][0]["score"]["evalue"], 1e-300)) if rep["matches"] else -10.0)
+        verdicts.append(rep["verdict"])
+    return np.asarray(scores), verdicts
+
+
+def retrograde(m: Melody) -> Melody:
+    """The melody backwards (pitches and rhythm): same intervals, steps, leaps and durations as
+    the style it comes from, but no phrase of any real tune -- a decoy, as in the target-decoy
+    method of proteomics."""
+    p, o, d = notes_of(m)
+    end = o + d
+    return Melody.from_notes(p[::-1].copy(), (end.max() - end)[::-1].copy(), d[::-1].copy())
+
+
+def null_section(enc: Encoder, pool, *, size: int, n: int, seed: int, index_kind: str) -> dict[str, Any]:
+    """Where the false positives come from: best-match E-values of (a) held-out tunes outside
+    the catalogue, (b) decoys (catalogue works played backwards, their source left out) and (c)
+    catalogue works checked against the rest of the catalogue (leave-one-out)."""
+    from melodyguard.index import Catalogue
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    hosts = [pool[i] for i in order[:500]]
+    cat_tunes = [pool[i] for i in order[500:500 + size]]
+    tmp = Path(tempfile.mkdtemp(prefix="mg-null-"))
+    try:
+        cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
+        for b in range(0, len(cat_tunes), 500):
+            cat.add_melodies([{"melody": t.melody, "sha256": t.key} for t in cat_tunes[b:b + 500]])
+        wid = {w.sha256: w.id for w in cat.works()}
+        negatives, _ = drop_near_duplicates(hosts, cat_tunes)
+        pick = np.random.default_rng(seed + 1).choice(len(cat_tunes), size=min(n, len(cat_tunes)), replace=False)
+        own = [wid[cat_tunes[i].key] for i in pick]
+        rows = {
+            "held-out tunes outside the catalogue": best_scores([h.melody for h in negatives], cat)[0],
+            "decoys: catalogue works backwards": best_scores([retrograde(cat_tunes[i].melody) for i in pick], cat, exclude=own)[0],
+            "catalogue works against the rest (leave-one-out)": best_scores([cat_tunes[i].melody for i in pick], cat,
+                                                                            exclude=own)[0],
+        }
+        cat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, Any] = {"catalogue_works": len(cat_tunes), "rows": []}
+    for name, sc in rows.items():
+        a = np.asarray(sc)
+        out["rows"].append({"queries": name, "n": len(a), "review_rate": round(float(np.mean(a >= 4)), 4),
+                            "block_rate": round(float(np.mean(a >= 8)), 4),
+                            "minus_log10_e_p90": round(float(np.quantile(a, 0.9)), 1),
+                            "minus_log10_e_p99": round(float(np.quantile(a, 0.99)), 1)})
+    return out
 
 
 def parse_latency(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
@@ -389,6 +461,14 @@ def generation_section(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, An
     }
 
 
+def _table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+
+
 def print_markdown(results: dict[str, Any]) -> None:
     if "model" in results:
         m = results["model"]
@@ -398,18 +478,27 @@ def print_markdown(results: dict[str, Any]) -> None:
             print(f"| {k} | {v} |")
     for key in sorted(k for k in results if k.startswith("detect_")):
         d = results[key]
-        print(f"\n### Detection, catalogue of {d['catalogue_works']} held-out works ({d['index_kind']} index, {d['vectors']} vectors)\n")
-        print("| query | level | n | recall@1 | MRR | TPR@1%FPR | flagged by default | baseline recall@1 | baseline MRR | baseline TPR@1%FPR | ours on the same n |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in d["levels"]:
-            print(f"| {r['kind']} | {r['level']} | {r['queries']} | {r['recall@1']:.3f} | {r['mrr']:.3f} | {r['tpr@1%fpr']:.3f} | "
-                  f"{r['flagged_default']:.3f} | {r['baseline_recall@1']:.3f} | {r['baseline_mrr']:.3f} | {r['baseline_tpr@1%fpr']:.3f} | "
-                  f"R@1 {r['ours_recall@1_paired']:.3f}, TPR {r['ours_tpr_paired']:.3f} (n={r['paired_queries']}) |")
+        _table(f"Detection, catalogue of {d['catalogue_works']} held-out works ({d['index_kind']} index, {d['vectors']} vectors)",
+               ["query", "level", "n", "recall@1", "MRR", "TPR@1%FPR", "flagged by default", "baseline recall@1",
+                "baseline MRR", "baseline TPR@1%FPR", "ours on the same n"],
+               [[r["kind"], r["level"], r["queries"], f"{r['recall@1']:.3f}", f"{r['mrr']:.3f}", f"{r['tpr@1%fpr']:.3f}",
+                 f"{r['flagged_default']:.3f}", f"{r['baseline_recall@1']:.3f}", f"{r['baseline_mrr']:.3f}",
+                 f"{r['baseline_tpr@1%fpr']:.3f}",
+                 f"R@1 {r['ours_recall@1_paired']:.3f}, TPR {r['ours_tpr_paired']:.3f} (n={r['paired_queries']})"]
+                for r in d["levels"]])
         print()
-        for k in ("negatives", "negatives_dropped_as_duplicates", "fpr_default_review", "fpr_default_block", "ingest_works_per_s", "latency_ms_p50", "latency_ms_p95",
-                  "baseline_latency_ms_p50", "speedup_vs_baseline_p50", "disk_bytes_per_work", "ram_mb_growth_per_1k_works", "ann_recall_at_10"):
+        for k in ("negatives", "negatives_dropped_as_duplicates", "fpr_default_review", "fpr_default_block",
+                  "fpr_default_review_backwards_negatives", "fpr_default_block_backwards_negatives", "ingest_works_per_s",
+                  "latency_ms_p50", "latency_ms_p95", "baseline_latency_ms_p50", "speedup_vs_baseline_p50",
+                  "disk_bytes_per_work", "ram_mb_growth_per_1k_works", "ann_recall_at_10"):
             if k in d:
                 print(f"- {k}: {d[k]}")
+    for key in sorted(k for k in results if k.startswith("null_")):
+        d = results[key]
+        _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works",
+               ["queries", "n", "flagged review or block (E <= 1e-4)", "block (E <= 1e-8)", "-log10 E, 90th pct", "99th pct"],
+               [[r["queries"], r["n"], f"{r['review_rate']:.3f}", f"{r['block_rate']:.3f}", r["minus_log10_e_p90"],
+                 r["minus_log10_e_p99"]] for r in d["rows"]])
     if "generation" in results:
         print("\n### Generation (8 bars, temperature 1) against held-out melodies\n")
         for k, v in results["generation"].items():
@@ -422,7 +511,7 @@ def print_markdown(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", nargs="*", default=["model", "generation", "detect", "parse"])
+    ap.add_argument("--sections", nargs="*", default=["model", "generation", "detect", "null", "parse"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[1000, 10000])
     ap.add_argument("--queries", type=int, default=200, help="source works per level")
     ap.add_argument("--negatives", type=int, default=500)
@@ -454,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
                                   baseline_queries=a.baseline_queries, seed=a.seed, index_kind=a.index_kind)
             results[f"detect_{size}"] = r
             print(json.dumps(r), flush=True)
+    if "null" in a.sections:
+        for size in a.sizes:
+            results[f"null_{size}"] = null_section(enc, pool, size=size, n=300, seed=a.seed, index_kind=a.index_kind)
+            print(json.dumps(results[f"null_{size}"]), flush=True)
     if "parse" in a.sections:
         results["parse"] = parse_latency(enc, pool, n=100, seed=a.seed)
     results["seconds"] = round(time.time() - t0, 1)

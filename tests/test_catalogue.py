@@ -66,13 +66,16 @@ def test_index_persisted_and_brought_up_to_date(tmp_path, shipped_encoder, rng):
     assert man["n_vectors"] == n and man["dim"] == shipped_encoder.dim and man["encoder"] == shipped_encoder.fingerprint
     # Another process adds a work: a reopened catalogue appends it to the saved index.
     other = Catalogue(path, encoder=shipped_encoder)
-    other.add_melody(make_catalogue_melodies(rng, 1)[0], sha256="late")
+    late = other.add_melody(make_catalogue_melodies(rng, 1)[0], sha256="late")
+    # 13 windows of its 40 notes (hop 2), plus collapsed-view windows where it repeats a note
+    k = other._con().execute("SELECT COUNT(*), SUM(view=0) FROM windows WHERE work_id=?", (late.id,)).fetchone()
+    assert k[1] == 13
     again = Catalogue(path, encoder=shipped_encoder)
-    assert again.index()[0].ntotal == n + 13
+    assert again.index()[0].ntotal == n + k[0]
     # A corrupt index file is never trusted: it is rebuilt from SQLite.
     (path / "index" / "index.faiss").write_bytes(b"garbage")
     fresh = Catalogue(path, encoder=shipped_encoder)
-    assert fresh.index()[0].ntotal == n + 13
+    assert fresh.index()[0].ntotal == n + k[0]
 
 
 def test_catalogue_refuses_other_encoder(tmp_path, shipped_encoder, tiny_weights, rng):
@@ -256,3 +259,80 @@ def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):
     assert top["segments"][0]["query"]["bars"] == [9, 12]
     cat.close()
 
+
+
+# ----------------------------------------------------------------------------- repeated notes
+def _with_repeats(rng, n_runs: int = 30) -> Melody:
+    """A melody where many notes are re-struck 2-3 times (as in folk tunes and hymns)."""
+    p, _o, _d = random_melody(rng, n_runs)
+    reps = rng.choice([1, 1, 2, 3], size=n_runs)
+    pitches = np.repeat(p, reps)
+    durs = np.repeat(rng.choice([0.5, 1.0], size=n_runs), reps)
+    onsets = np.concatenate([[0.0], np.cumsum(durs)[:-1]])
+    return Melody.from_notes(pitches, onsets, durs)
+
+
+def test_collapse_repeats_joins_runs_and_maps_back(rng):
+    from melodyguard.fingerprint.melody import collapse_repeats
+
+    m = Melody.from_notes([60, 60, 62, 62, 62, 64, 60], [0, 1, 2, 2.5, 3, 4, 6], [1, 1, 0.5, 0.5, 1, 1, 1])
+    c, first = collapse_repeats(m)
+    assert c.pitches.tolist() == [60, 62, 64, 60]
+    assert first.tolist() == [0, 2, 5, 6]
+    assert c.durations_beats.tolist() == [2.0, 2.0, 1.0, 1.0]  # a run lasts from its first onset to its last end
+    # a rest longer than max_gap_beats keeps two notes apart
+    m2 = Melody.from_notes([60, 60], [0, 3], [1, 1])
+    assert len(collapse_repeats(m2)[0]) == 2 and len(collapse_repeats(m2, max_gap_beats=3)[0]) == 1
+
+
+def test_audio_queries_match_legato_repeats_joined(tmp_path, shipped_encoder, rng):
+    """Audio transcription joins legato repeated notes; the catalogue indexes each work's
+    repeat-collapsed form too, and audio queries (only) are matched against it."""
+    from melodyguard.fingerprint.melody import collapse_repeats
+
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    mels = [_with_repeats(rng) for _ in range(20)]
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels)])
+    _, table = cat.index()
+    assert set(np.unique(table.view).tolist()) == {0, 1}
+    src = mels[7]
+    joined, first = collapse_repeats(src)
+    assert len(joined) < 0.8 * len(src)
+    as_audio = Melody.from_notes(joined.pitches + 2, joined.onsets_beats * 1.1, joined.durations_beats * 1.1,
+                                 info={"kind": "audio"})
+    as_midi = Melody.from_notes(joined.pitches + 2, joined.onsets_beats * 1.1, joined.durations_beats * 1.1)
+    rep = check_melody(as_audio, cat)
+    top = rep["matches"][0]
+    assert top["work"]["id"] == cat.find_sha("s7").id and top["matched_as"] == "repeats_joined"
+    assert rep["verdict"] == "block" and top["transposition_semitones"] == 2
+    # evidence is in the notes as written: reference indices are the first notes of the runs
+    ref_idx = {j for _, j in top["segments"][0]["pairs"]}
+    assert ref_idx <= set(first.tolist()) and len(ref_idx) >= 0.8 * len(joined)
+    from melodyguard.evidence import render_html
+
+    assert "repeated notes joined" in render_html(rep, [None] * len(rep["matches"]), n_works=cat.count())
+    # the same notes as a MIDI query are not matched against the collapsed view
+    rep_midi = check_melody(as_midi, cat)
+    same = [m for m in rep_midi["matches"] if m["work"]["id"] == top["work"]["id"]]
+    assert all(m["matched_as"] == "notes" for m in rep_midi["matches"])
+    assert not same or same[0]["score"]["evalue"] > top["score"]["evalue"] * 1e3
+
+
+def test_format_1_catalogue_is_migrated(tmp_path, shipped_encoder, rng):
+    path = tmp_path / "old"
+    cat = Catalogue(path, encoder=shipped_encoder)
+    mels = [_with_repeats(rng) for _ in range(6)]
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels)])
+    n_collapsed = int((cat.index()[1].view == 1).sum())
+    cat.close()
+    con = sqlite3.connect(path / "catalogue.sqlite")  # turn it into what format 1 wrote
+    con.execute("DELETE FROM windows WHERE view=1")
+    con.execute("ALTER TABLE windows DROP COLUMN view")
+    con.execute("UPDATE meta SET value='1' WHERE name='format_version'")
+    con.commit()
+    con.close()
+    cat = Catalogue(path, encoder=shipped_encoder)
+    assert int((cat.index()[1].view == 1).sum()) == n_collapsed > 0
+    assert dict(cat._con().execute("SELECT name, value FROM meta").fetchall())["format_version"] == "2"
+    assert cat.count() == 6
+    cat.close()

@@ -255,3 +255,38 @@ class Melody:
             "info": self.info,
             "notes": self.notes(),
         }
+
+
+def collapse_repeats(melody: Melody, *, max_gap_beats: float = 0.5) -> tuple[Melody, np.ndarray]:
+    """The melody with each run of one repeated pitch joined into a single note.
+
+    This is how audio transcription hears legato repeated notes (a choir or a bowed string
+    re-sounding the same pitch shows no pitch change for the tracker to see), so catalogue works
+    are also indexed in this form for audio queries. Notes are joined when they share a pitch
+    and the rest between them is at most ``max_gap_beats``. Returns the collapsed melody and,
+    for each of its notes, the index of the first original note it covers.
+    """
+    p = np.asarray(melody.pitches)
+    n = len(p)
+    if n == 0:
+        return melody, np.zeros(0, np.int64)
+    ob, db = np.asarray(melody.onsets_beats), np.asarray(melody.durations_beats)
+    gap = ob[1:] - (ob[:-1] + db[:-1])
+    join = np.zeros(n, bool)
+    join[1:] = (p[1:] == p[:-1]) & (gap <= max_gap_beats)
+    first = np.flatnonzero(~join)
+    last = np.append(first[1:] - 1, n - 1)
+    os_, ds = np.asarray(melody.onsets_seconds), np.asarray(melody.durations_seconds)
+    out = Melody(
+        pitches=_frozen(p[first], np.int64),
+        onsets_beats=_frozen(ob[first], np.float64),
+        durations_beats=_frozen(ob[last] + db[last] - ob[first], np.float64),
+        onsets_seconds=_frozen(os_[first], np.float64),
+        durations_seconds=_frozen(os_[last] + ds[last] - os_[first], np.float64),
+        bars=_frozen(np.asarray(melody.bars)[first], np.int64),
+        beats_in_bar=_frozen(np.asarray(melody.beats_in_bar)[first], np.float64),
+        time_signatures=melody.time_signatures,
+        info=dict(melody.info),
+        has_beats=melody.has_beats,
+    )
+    return out, first.astype(np.int64)

@@ -42,7 +42,10 @@ from .vectors import VectorIndex
 
 __all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable"]
 
-CATALOGUE_FORMAT_VERSION = 1
+CATALOGUE_FORMAT_VERSION = 2
+#: Window views: 0 the melody as written; 1 its repeat-collapsed form (runs of one repeated
+#: pitch joined, as audio transcription hears legato repeats), searched by audio queries only.
+VIEW_NOTES, VIEW_COLLAPSED = 0, 1
 #: Catalogue windows start every DEFAULT_HOP notes (queries use every note).
 DEFAULT_HOP = 2
 
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS windows (
     vid INTEGER PRIMARY KEY AUTOINCREMENT,
     work_id INTEGER NOT NULL REFERENCES works(id) ON DELETE CASCADE,
     start INTEGER NOT NULL, n_notes INTEGER NOT NULL, ref_pitch INTEGER NOT NULL,
-    median_ioi REAL NOT NULL, vector BLOB NOT NULL
+    median_ioi REAL NOT NULL, vector BLOB NOT NULL, view INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS windows_work ON windows(work_id);
 """
@@ -96,6 +99,9 @@ class WindowTable:
     n_notes: np.ndarray
     ref_pitch: np.ndarray
     median_ioi: np.ndarray
+    #: 0: windows of the melody as written; 1: of its repeat-collapsed form (``start`` counts
+    #: collapsed notes there).
+    view: np.ndarray
 
     def rows(self, vids: np.ndarray) -> np.ndarray:
         """Row of each vid (-1 where unknown)."""
@@ -194,6 +200,9 @@ class Catalogue:
         if not have:
             con.executemany("INSERT INTO meta VALUES (?, ?)", list(want.items()) + [("generation", "0")])
             return
+        if have.get("format_version") == "1" and have.get("encoder") == want["encoder"]:
+            self._migrate_v1(con)
+            have["format_version"] = want["format_version"]
         for k in ("format_version", "encoder", "dim", "window_length"):
             if have.get(k) != want[k]:
                 raise IndexVersionError(
@@ -201,6 +210,59 @@ class Catalogue:
                     "Use the weights it was built with, or rebuild the catalogue."
                 )
         self.hop = int(have.get("hop", self.hop))
+
+    def _migrate_v1(self, con: sqlite3.Connection) -> None:
+        """Format 1 had no repeat-collapsed windows: add the column and index every work's
+        collapsed form, in the caller's transaction."""
+        cols = [r[1] for r in con.execute("PRAGMA table_info(windows)").fetchall()]
+        if "view" not in cols:
+            con.execute("ALTER TABLE windows ADD COLUMN view INTEGER NOT NULL DEFAULT 0")
+        rows = con.execute("SELECT work_id, data FROM melodies ORDER BY work_id").fetchall()
+        for b in range(0, len(rows), 500):
+            chunk = rows[b:b + 500]
+            mels = [_melody_from_json(d, {}) for _, d in chunk]
+            for (wid, _), w, vec in zip(chunk, *self._collapsed_windows(mels)):
+                self._insert_windows(con, int(wid), w, vec, VIEW_COLLAPSED)
+        con.execute("UPDATE meta SET value=? WHERE name='format_version'", (str(CATALOGUE_FORMAT_VERSION),))
+        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+
+    def _collapsed_windows(self, melodies: Sequence[Melody]) -> tuple[list[Any], list[np.ndarray]]:
+        """Windows (and their vectors) of each melody's repeat-collapsed form that span at least
+        one joined run; empty for melodies without repeats."""
+        from ..fingerprint.melody import collapse_repeats
+        from ..fingerprint.windows import WindowConfig, Windows, window_melody
+
+        cfg = WindowConfig(length=self.encoder.config.window_length, hop=self.hop)
+        out = []
+        for m in melodies:
+            c, first = collapse_repeats(m)
+            tok, e = np.zeros((0, cfg.length), np.int64), np.zeros(0, np.int64)
+            empty = Windows(tok, tok, e, e, e, np.zeros(0))
+            if len(c) == len(m) or len(c) < cfg.min_notes:
+                out.append(empty)
+                continue
+            w = window_melody(c, config=cfg)
+            group = np.diff(np.append(first, len(m)))  # original notes per collapsed note
+            joined = np.concatenate([[0], np.cumsum(group > 1)])
+            spans = joined[np.minimum(w.start + w.n_notes, len(c))] - joined[w.start]
+            keep = spans > 0
+            out.append(Windows(*(getattr(w, f)[keep] for f in
+                                 ("pitch", "rhythm", "start", "n_notes", "ref_pitch", "median_ioi_beats"))))
+        n = sum(len(w) for w in out)
+        if n == 0:
+            return out, [np.zeros((0, self.encoder.dim), np.float32) for _ in out]
+        vec = self.encoder.embed_tokens(np.concatenate([w.pitch for w in out]), np.concatenate([w.rhythm for w in out]))
+        bounds = np.cumsum([0] + [len(w) for w in out])
+        return out, [vec[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @staticmethod
+    def _insert_windows(con: sqlite3.Connection, wid: int, w: Any, vec: np.ndarray, view: int) -> None:
+        con.executemany(
+            "INSERT INTO windows (work_id, start, n_notes, ref_pitch, median_ioi, vector, view) VALUES (?,?,?,?,?,?,?)",
+            [(wid, int(w.start[i]), int(w.n_notes[i]), int(w.ref_pitch[i]), float(w.median_ioi_beats[i]),
+              vec[i].tobytes(), view) for i in range(len(w))],
+        )
 
     def generation(self) -> int:
         row = self._con().execute("SELECT value FROM meta WHERE name='generation'").fetchone()
@@ -312,11 +374,12 @@ class Catalogue:
         if not wins:
             return []
         vectors = self.encoder.embed_tokens(np.concatenate([w.pitch for w in wins]), np.concatenate([w.rhythm for w in wins]))
+        cwins, cvecs = self._collapsed_windows([it["melody"] for it in items])
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         ids: list[int] = []
         with self._write_lock, self._tx() as con:
             pos = 0
-            for it, w in zip(items, wins):
+            for it, w, cw, cv in zip(items, wins, cwins, cvecs):
                 vec = vectors[pos: pos + len(w)]
                 pos += len(w)
                 row = con.execute("SELECT id FROM works WHERE sha256=?", (it["sha256"],)).fetchone()
@@ -334,11 +397,8 @@ class Catalogue:
                 wid = int(cur.lastrowid or 0)
                 ids.append(wid)
                 con.execute("INSERT INTO melodies VALUES (?, ?)", (wid, _melody_json(it["melody"])))
-                con.executemany(
-                    "INSERT INTO windows (work_id, start, n_notes, ref_pitch, median_ioi, vector) VALUES (?,?,?,?,?,?)",
-                    [(wid, int(w.start[i]), int(w.n_notes[i]), int(w.ref_pitch[i]), float(w.median_ioi_beats[i]),
-                      vec[i].tobytes()) for i in range(len(w))],
-                )
+                self._insert_windows(con, wid, w, vec, VIEW_NOTES)
+                self._insert_windows(con, wid, cw, cv, VIEW_COLLAPSED)
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
         return [self.get(i) for i in ids]
 
@@ -356,16 +416,16 @@ class Catalogue:
     # ------------------------------------------------------------------ index
     def _load_windows(self, where: str = "", args: Sequence[Any] = ()) -> tuple[np.ndarray, WindowTable]:
         rows = self._con().execute(
-            f"SELECT vid, work_id, start, n_notes, ref_pitch, median_ioi, vector FROM windows {where} ORDER BY vid", args
+            f"SELECT vid, work_id, start, n_notes, ref_pitch, median_ioi, view, vector FROM windows {where} ORDER BY vid", args
         ).fetchall()
         d = self.encoder.dim
         if not rows:
             e = np.zeros(0, np.int64)
-            return np.zeros((0, d), np.float32), WindowTable(e, e, e, e, e, np.zeros(0))
-        vec = np.frombuffer(b"".join(r[6] for r in rows), dtype=np.float32).reshape(len(rows), d)
-        cols = list(zip(*[r[:6] for r in rows]))
+            return np.zeros((0, d), np.float32), WindowTable(e, e, e, e, e, np.zeros(0), e)
+        vec = np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(len(rows), d)
+        cols = list(zip(*[r[:7] for r in rows]))
         a = [np.asarray(c, dtype=np.int64) for c in cols[:5]]
-        t = WindowTable(a[0], a[1], a[2], a[3], a[4], np.asarray(cols[5], dtype=np.float64))
+        t = WindowTable(a[0], a[1], a[2], a[3], a[4], np.asarray(cols[5], dtype=np.float64), np.asarray(cols[6], np.int64))
         return vec, t
 
     def index(self) -> tuple[VectorIndex, WindowTable]:
