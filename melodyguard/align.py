@@ -262,3 +262,45 @@ def align_intervals(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray,
     if qi.size == 0 or ri.size == 0:
         return 0.0
     return float(_sw_intervals(qi, qd, ri, rd))
+
+
+def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray, *,
+                   n: int = 3, top: int = 2) -> list[tuple[int, float]]:
+    """The most supported ``(transposition, tempo_ratio)`` pairs that map query onto reference.
+
+    Every run of ``n`` notes is keyed by its intervals and inter-onset ratios (both invariant to
+    transposition and tempo); each key shared by query and reference votes for the pitch
+    difference and the IOI ratio (in twelfths of an octave) of that pair of runs -- the
+    geometric hashing of fingerprinting, here to find a lifted passage's key and pace when the
+    window hits around it are too few to say. ``transposition`` is added to the query,
+    ``tempo_ratio`` is reference IOI / query IOI, as :func:`align_notes` takes them.
+    """
+    qp, rp = np.asarray(q_pitch, np.int64), np.asarray(r_pitch, np.int64)
+    if len(qp) < n + 1 or len(rp) < n + 1:
+        return []
+    ql, rl = np.log2(np.asarray(q_ioi, np.float64)), np.log2(np.asarray(r_ioi, np.float64))
+
+    def keys(p: np.ndarray, lg: np.ndarray) -> np.ndarray:
+        iv = np.clip(np.diff(p), -15, 15) + 15
+        rr = np.clip(np.rint(2 * np.diff(lg[:-1])), -4, 4).astype(np.int64) + 4  # ratios of IOIs, not the last note
+        k = np.zeros(len(p) - n, np.int64)
+        for j in range(n - 1):
+            k = k * 31 + iv[j: j + len(k)]
+            k = k * 9 + rr[j: j + len(k)]
+        return k
+
+    kq, kr = keys(qp, ql), keys(rp, rl)
+    order = np.argsort(kr, kind="stable")
+    lo = np.searchsorted(kr[order], kq, "left")
+    hi = np.searchsorted(kr[order], kq, "right")
+    cnt = hi - lo
+    if cnt.sum() == 0:
+        return []
+    qi = np.repeat(np.arange(len(kq)), cnt)
+    rj = order[np.concatenate([np.arange(a, b) for a, b in zip(lo[cnt > 0], hi[cnt > 0])])]
+    tr = rp[rj] - qp[qi]
+    lr = np.rint(12 * (rl[rj] - ql[qi])).astype(np.int64)  # log2 tempo ratio in twelfths
+    code = (tr + 128) * 1000 + (lr + 500)
+    u, c = np.unique(code, return_counts=True)
+    best = u[np.argsort(-c, kind="stable")][:top]
+    return [(int(b // 1000 - 128), float(2.0 ** ((b % 1000 - 500) / 12.0))) for b in best]

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .align import DEFAULT_SCORING, Scoring, align_notes, note_iois, note_weights
+from .align import DEFAULT_SCORING, Scoring, align_notes, estimate_shift, note_iois, note_weights
 from .errors import InvalidInputError
 from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
@@ -62,6 +62,8 @@ class DetectConfig:
     max_matches: int = 5
     #: Query windows cut to this many notes (0: none) are searched besides full windows.
     short_window: int = 10
+    #: Also align at the (transposition, tempo) that the candidate's shared 3-note figures vote for.
+    shift_hashing: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.block_evalue <= self.review_evalue:
@@ -246,17 +248,19 @@ def check_melody(
             rm, rmap = (ref, np.arange(len(ref))) if v == 0 else collapse_repeats(ref)
             r_ioi = note_iois(rm.onsets_beats, rm.durations_beats)
             wr = note_weights(rm.pitches, r_ioi, background)
-            for tr in transpositions:
-                for rt in ratios:
-                    al = align_notes(qm.pitches, q_ioi, rm.pitches, r_ioi, transposition=tr, tempo_ratio=rt,
-                                     max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
-                    if not al:
-                        continue
-                    # x views tried: the smallest of several E-values is corrected for the choice
-                    e_v = cal.evalue(al[0].score, len(qm), N, collapsed=v > 0) * len(q_side)
-                    if e_v < best_e:
-                        best_al, best_e, best_v = al, e_v, v
-                        view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi)
+            pairs = [(tr, rt) for tr in transpositions for rt in ratios]
+            if config.shift_hashing:
+                pairs += [x for x in estimate_shift(qm.pitches, q_ioi, rm.pitches, r_ioi, top=1) if x not in pairs]
+            for tr, rt in pairs:
+                al = align_notes(qm.pitches, q_ioi, rm.pitches, r_ioi, transposition=tr, tempo_ratio=rt,
+                                 max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
+                if not al:
+                    continue
+                # x views tried: the smallest of several E-values is corrected for the choice
+                e_v = cal.evalue(al[0].score, len(qm), N, collapsed=v > 0) * len(q_side)
+                if e_v < best_e:
+                    best_al, best_e, best_v = al, e_v, v
+                    view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi)
         if not best_al:
             continue
         qm, qmap, q_ioi, rm, rmap, r_ioi = view_notes
