@@ -11,7 +11,10 @@ Conventions
    its vote is divided by the square root of that number. The best-voted works are candidates.
 3. **Verification.** Each candidate's melody is aligned note by note with the query
    (:func:`melodyguard.align.align_notes`), at the transpositions and tempo ratio the hits
-   agree on. The alignment gives the matched passage(s).
+   agree on, and at the one that the 3-note figures shared by query and candidate vote for
+   (:func:`melodyguard.align.estimate_shift`; a lifted phrase re-paced to its new song gives
+   too few window hits to say). The alignment gives the matched passage(s). Audio queries are
+   also aligned with repeated notes joined on both sides (``matched_as: repeats_joined``).
 4. **Score.** Local alignment scores of unrelated melodies follow an extreme-value (Gumbel)
    law, as in BLAST. With ``lambda`` and ``K`` fitted on unrelated training-split melodies
    (``scripts/calibrate.py``, stored in ``calibration.json``), the **E-value** of a score S is
