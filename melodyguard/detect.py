@@ -259,7 +259,7 @@ def check_melody(
                                  max_segments=config.max_segments, q_weight=wq, r_weight=wr, scoring=cal.scoring)
                 if not al:
                     continue
-                # x views tried: the smallest of several E-values is corrected for the choice
+                # times the number of views: the smallest of several E-values is corrected for the choice
                 e_v = cal.evalue(al[0].score, len(qm), N, collapsed=v > 0) * len(q_side)
                 if e_v < best_e:
                     best_al, best_e, best_v = al, e_v, v
