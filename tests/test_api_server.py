@@ -185,3 +185,25 @@ def test_schemathesis_finds_no_server_errors(server):
     assert out.returncode == 0, tail
     assert "Tested:" in out.stdout and " passed" in tail
     assert _request(server["url"] + "/readyz")[0] == 200
+
+
+def test_early_415_arrives_whole_when_the_body_comes_late(server):
+    """A wrong content type is refused before the body is read; the server still reads (and
+    drops) the body first, so closing the connection does not reset it under the client."""
+    import socket
+
+    port = int(server["url"].rsplit(":", 1)[1])
+    body = b"x" * 200_000
+    head = (f"POST /v1/audits HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {server['keys']['admin']}\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + body[:1000])
+        time.sleep(0.5)  # the server has answered by now; the rest of the body is still to come
+        s.sendall(body[1000:])
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, _, rest = data.partition(b"\r\n")
+    assert b" 415 " in status + b" "
+    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["detail"].startswith("send the file as multipart/form-data")

@@ -35,12 +35,34 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
+#: Early error responses read at most this much of the body first (see :func:`_drain`).
+_DRAIN_CAP = 1 << 20
+
+
 async def _send_json(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, cap: int) -> None:
+    """Read and drop up to ``cap`` bytes of the request body before an early error response.
+
+    Closing a connection while request bytes sit unread in the socket makes the kernel send a
+    reset instead of a clean close, and the client may lose the response it was sent (seen
+    with a 415 to a small non-multipart POST). Bodies over ``cap`` are not read: they are
+    answered 413 from their declared length and the connection is closed.
+    """
+    seen = 0
+    while seen <= cap:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            return
+        seen += len(msg.get("body", b""))
+        if not msg.get("more_body", False):
+            return
 
 
 class BodyLimitMiddleware:
@@ -74,6 +96,7 @@ class BodyLimitMiddleware:
         if scope.get("method") == "POST" and path.rstrip("/") in self.upload_paths:
             ctype = headers.get("content-type", "")
             if not ctype.lower().startswith("multipart/form-data"):
+                await _drain(receive, min(limit, _DRAIN_CAP))
                 await _send_json(send, 415, f"send the file as multipart/form-data (a 'file' field); got content type "
                                             f"{ctype or 'none'!r}")
                 return
@@ -82,6 +105,7 @@ class BodyLimitMiddleware:
             try:
                 n = int(declared)
             except ValueError:
+                await _drain(receive, min(limit, _DRAIN_CAP))
                 await _send_json(send, 400, "the Content-Length header is not a number")
                 return
             if n > limit:
