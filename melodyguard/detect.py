@@ -171,8 +171,7 @@ def check_melody(
             vp.append(short_windows(vm, length=wcfg.length, n_notes=config.short_window))
         parts += vp
         qview_parts.append(np.full(sum(len(x) for x in vp), v, np.int64))
-    qw = Windows(*(np.concatenate([getattr(x, f) for x in parts]) for f in
-                   ("pitch", "rhythm", "start", "n_notes", "ref_pitch", "median_ioi_beats")))
+    qw = Windows.concat(parts)
     qview = np.concatenate(qview_parts)
     vectors = enc.embed_tokens(qw.pitch, qw.rhythm)
     t_embed = time.perf_counter()

@@ -356,19 +356,19 @@ def null_section(enc: Encoder, pool, *, size: int, n: int, seed: int, index_kind
         pick = np.random.default_rng(seed + 1).choice(len(cat_tunes), size=min(n, len(cat_tunes)), replace=False)
         own = [wid[cat_tunes[i].key] for i in pick]
         rows = {
-            "held-out tunes outside the catalogue": best_scores([h.melody for h in negatives], cat)[0],
-            "decoys: catalogue works backwards": best_scores([retrograde(cat_tunes[i].melody) for i in pick], cat, exclude=own)[0],
+            "held-out tunes outside the catalogue": best_scores([h.melody for h in negatives], cat),
+            "decoys: catalogue works backwards": best_scores([retrograde(cat_tunes[i].melody) for i in pick], cat, exclude=own),
             "catalogue works against the rest (leave-one-out)": best_scores([cat_tunes[i].melody for i in pick], cat,
-                                                                            exclude=own)[0],
+                                                                            exclude=own),
         }
         cat.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out: dict[str, Any] = {"catalogue_works": len(cat_tunes), "rows": []}
-    for name, sc in rows.items():
-        a = np.asarray(sc)
-        out["rows"].append({"queries": name, "n": len(a), "review_rate": round(float(np.mean(a >= 4)), 4),
-                            "block_rate": round(float(np.mean(a >= 8)), 4),
+    for name, (a, verdicts) in rows.items():
+        out["rows"].append({"queries": name, "n": len(a),
+                            "review_rate": round(float(np.mean([v != "clear" for v in verdicts])), 4),
+                            "block_rate": round(float(np.mean([v == "block" for v in verdicts])), 4),
                             "minus_log10_e_p90": round(float(np.quantile(a, 0.9)), 1),
                             "minus_log10_e_p99": round(float(np.quantile(a, 0.99)), 1)})
     return out

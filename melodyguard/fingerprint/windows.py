@@ -23,7 +23,8 @@ keeps its position: first/last note index, beats, seconds and bars.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -106,6 +107,20 @@ class Windows:
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
+
+    def take(self, idx: np.ndarray) -> Windows:
+        """The windows selected by an index or boolean mask."""
+        return Windows(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: Sequence[Windows]) -> Windows:
+        """Several sets of windows (of one token length) as one."""
+        return Windows(*(np.concatenate([getattr(w, f.name) for w in parts]) for f in fields(Windows)))
+
+    @staticmethod
+    def empty(length: int) -> Windows:
+        tok, e = np.zeros((0, length), np.int64), np.zeros(0, np.int64)
+        return Windows(tok, tok, e, e, e, np.zeros(0))
 
 
 def _iois(onsets: np.ndarray, durations: np.ndarray) -> np.ndarray:

@@ -37,7 +37,8 @@ from ..errors import (
     InvalidInputError,
     WorkNotFoundError,
 )
-from ..fingerprint.melody import Melody, TimeSignature
+from ..fingerprint.melody import Melody, TimeSignature, collapse_repeats
+from ..fingerprint.windows import WindowConfig, Windows, window_melody
 from .vectors import VectorIndex
 
 __all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable"]
@@ -227,28 +228,21 @@ class Catalogue:
         con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
         con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
 
-    def _collapsed_windows(self, melodies: Sequence[Melody]) -> tuple[list[Any], list[np.ndarray]]:
+    def _collapsed_windows(self, melodies: Sequence[Melody]) -> tuple[list[Windows], list[np.ndarray]]:
         """Windows (and their vectors) of each melody's repeat-collapsed form that span at least
         one joined run; empty for melodies without repeats."""
-        from ..fingerprint.melody import collapse_repeats
-        from ..fingerprint.windows import WindowConfig, Windows, window_melody
-
         cfg = WindowConfig(length=self.encoder.config.window_length, hop=self.hop)
-        out = []
+        out: list[Windows] = []
         for m in melodies:
             c, first = collapse_repeats(m)
-            tok, e = np.zeros((0, cfg.length), np.int64), np.zeros(0, np.int64)
-            empty = Windows(tok, tok, e, e, e, np.zeros(0))
             if len(c) == len(m) or len(c) < cfg.min_notes:
-                out.append(empty)
+                out.append(Windows.empty(cfg.length))
                 continue
             w = window_melody(c, config=cfg)
             group = np.diff(np.append(first, len(m)))  # original notes per collapsed note
             joined = np.concatenate([[0], np.cumsum(group > 1)])
             spans = joined[np.minimum(w.start + w.n_notes, len(c))] - joined[w.start]
-            keep = spans > 0
-            out.append(Windows(*(getattr(w, f)[keep] for f in
-                                 ("pitch", "rhythm", "start", "n_notes", "ref_pitch", "median_ioi_beats"))))
+            out.append(w.take(spans > 0))
         n = sum(len(w) for w in out)
         if n == 0:
             return out, [np.zeros((0, self.encoder.dim), np.float32) for _ in out]
@@ -257,7 +251,7 @@ class Catalogue:
         return out, [vec[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     @staticmethod
-    def _insert_windows(con: sqlite3.Connection, wid: int, w: Any, vec: np.ndarray, view: int) -> None:
+    def _insert_windows(con: sqlite3.Connection, wid: int, w: Windows, vec: np.ndarray, view: int) -> None:
         con.executemany(
             "INSERT INTO windows (work_id, start, n_notes, ref_pitch, median_ioi, vector, view) VALUES (?,?,?,?,?,?,?)",
             [(wid, int(w.start[i]), int(w.n_notes[i]), int(w.ref_pitch[i]), float(w.median_ioi_beats[i]),
@@ -359,8 +353,6 @@ class Catalogue:
 
         With ``skip_duplicates`` a known sha256 is skipped instead of raising.
         """
-        from ..fingerprint.windows import WindowConfig, window_melody
-
         cfg = WindowConfig(length=self.encoder.config.window_length, hop=self.hop)
         wins = []
         for it in items:
