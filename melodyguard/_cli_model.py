@@ -19,6 +19,11 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs/vae"), help="checkpoints; re-run to resume")
     p.add_argument("--out", type=Path, required=True, help="weights file to write (.pt; a manifest goes beside it)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from these weights (every tensor that fits the preset is copied)")
+    p.add_argument("--freeze-fingerprint", action="store_true",
+                   help="with --init-from: keep the fingerprint path fixed and train the detail encoder and "
+                        "decoder only; catalogues built with the initial weights stay valid")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -28,6 +33,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     manifest = run_training(
         preset=a.preset, steps=a.steps, batch_size=a.batch_size, corpus=a.corpus, midi_dir=a.midi_dir,
         run_dir=a.run_dir, out=a.out, seed=a.seed, progress=not a.quiet,
+        init_from=a.init_from, freeze_fingerprint=a.freeze_fingerprint,
     )
     print(json.dumps({"weights": str(a.out), "training": manifest["training"]}))
     return EXIT_OK

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "align_notes", "align_intervals", "note_iois", "note_weights",
-           "is_near_duplicate"]
+__all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "align_notes", "align_intervals", "best_scores", "note_iois",
+           "note_weights", "is_near_duplicate", "estimate_shift", "shift_keys"]
 
 
 
@@ -100,6 +100,57 @@ def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pr
         else:
             j -= 1
     return best, pairs_q[:k][::-1].copy(), pairs_r[:k][::-1].copy()
+
+
+@njit(cache=True)
+def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, prm):  # pragma: no cover - numba
+    """The best local score of :func:`_sw_notes` (nothing blocked) for each (t, logr) pair,
+    in linear memory and without traceback: the same arithmetic, so the same numbers."""
+    s_eq, s_oct, s_near, s_other, r_hit, r_miss, gap, r_tol = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7]
+    n, m = qp.shape[0], rp.shape[0]
+    out = np.zeros(ts.shape[0])
+    prev = np.zeros(m + 1)
+    cur = np.zeros(m + 1)
+    for k in range(ts.shape[0]):
+        t, logr = ts[k], logrs[k]
+        for j in range(m + 1):
+            prev[j] = 0.0
+        best = 0.0
+        for i in range(1, n + 1):
+            cur[0] = 0.0
+            for j in range(1, m + 1):
+                w = 0.5 * (wq[i - 1] + wr[j - 1])
+                dp = abs(qp[i - 1] + t - rp[j - 1])
+                if dp == 0:
+                    s = s_eq * w
+                elif dp == 12:
+                    s = s_oct
+                elif dp <= 2:
+                    s = s_near
+                else:
+                    s = s_other
+                dl = abs(ql[i - 1] + logr - rl[j - 1])
+                if dl < r_tol:
+                    s += r_hit * w
+                else:
+                    s += r_miss
+                d = prev[j - 1] + s
+                u = prev[j] + gap
+                lft = cur[j - 1] + gap
+                h = 0.0
+                if d > h:
+                    h = d
+                if u > h:
+                    h = u
+                if lft > h:
+                    h = lft
+                cur[j] = h
+                if h > best:
+                    best = h
+            for j in range(m + 1):
+                prev[j] = cur[j]
+        out[k] = best
+    return out
 
 
 @njit(cache=True)
@@ -221,6 +272,34 @@ def align_notes(
     return out
 
 
+def best_scores(
+    q_pitch: np.ndarray,
+    q_ioi: np.ndarray,
+    r_pitch: np.ndarray,
+    r_ioi: np.ndarray,
+    *,
+    shifts: list[tuple[int, float]],
+    q_weight: np.ndarray | None = None,
+    r_weight: np.ndarray | None = None,
+    scoring: Scoring = DEFAULT_SCORING,
+) -> np.ndarray:
+    """The score of the best alignment :func:`align_notes` would find at each
+    ``(transposition, tempo_ratio)`` of ``shifts`` (0 where none), in one pass without
+    traceback: for choosing the shift before aligning at it. Shape ``(len(shifts),)``."""
+    if not shifts:
+        return np.zeros(0)
+    qp = np.ascontiguousarray(q_pitch, dtype=np.int64)
+    rp = np.ascontiguousarray(r_pitch, dtype=np.int64)
+    ql = np.log2(np.ascontiguousarray(q_ioi, dtype=np.float64))
+    rl = np.log2(np.ascontiguousarray(r_ioi, dtype=np.float64))
+    ts = np.array([int(t) for t, _ in shifts], dtype=np.int64)
+    lr = np.array([float(np.log2(max(r, 1e-6))) for _, r in shifts], dtype=np.float64)
+    use_w = scoring.weighted
+    wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
+    wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
+    return np.asarray(_sw_scores(qp, ql, rp, rl, ts, lr, wq, wr, scoring.array()))
+
+
 def note_weights(pitch: np.ndarray, ioi: np.ndarray, background: dict | None) -> np.ndarray:
     """How surprising each note is, relative to an average note (mean 1 over the corpus).
 
@@ -264,8 +343,25 @@ def align_intervals(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray,
     return float(_sw_intervals(qi, qd, ri, rd))
 
 
+def shift_keys(pitch: np.ndarray, ioi: np.ndarray, *, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of every run of ``n`` notes (intervals and inter-onset ratios, invariant to
+    transposition and tempo) and the log2 IOIs, as :func:`estimate_shift` uses them."""
+    p = np.asarray(pitch, np.int64)
+    lg = np.log2(np.asarray(ioi, np.float64))
+    if len(p) < n + 1:
+        return np.zeros(0, np.int64), lg
+    iv = np.clip(np.diff(p), -15, 15) + 15
+    rr = np.clip(np.rint(2 * np.diff(lg[:-1])), -4, 4).astype(np.int64) + 4  # ratios of IOIs, not the last note
+    k = np.zeros(len(p) - n, np.int64)
+    for j in range(n - 1):
+        k = k * 31 + iv[j: j + len(k)]
+        k = k * 9 + rr[j: j + len(k)]
+    return k, lg
+
+
 def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray, *,
-                   n: int = 3, top: int = 2) -> list[tuple[int, float]]:
+                   n: int = 3, top: int = 2,
+                   q_keys: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, float]]:
     """The most supported ``(transposition, tempo_ratio)`` pairs that map query onto reference.
 
     Every run of ``n`` notes is keyed by its intervals and inter-onset ratios (both invariant to
@@ -274,22 +370,13 @@ def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, 
     geometric hashing of fingerprinting, here to find a lifted passage's key and pace when the
     window hits around it are too few to say. ``transposition`` is added to the query,
     ``tempo_ratio`` is reference IOI / query IOI, as :func:`align_notes` takes them.
+    ``q_keys`` is the query's :func:`shift_keys`, when checking it against many references.
     """
     qp, rp = np.asarray(q_pitch, np.int64), np.asarray(r_pitch, np.int64)
     if len(qp) < n + 1 or len(rp) < n + 1:
         return []
-    ql, rl = np.log2(np.asarray(q_ioi, np.float64)), np.log2(np.asarray(r_ioi, np.float64))
-
-    def keys(p: np.ndarray, lg: np.ndarray) -> np.ndarray:
-        iv = np.clip(np.diff(p), -15, 15) + 15
-        rr = np.clip(np.rint(2 * np.diff(lg[:-1])), -4, 4).astype(np.int64) + 4  # ratios of IOIs, not the last note
-        k = np.zeros(len(p) - n, np.int64)
-        for j in range(n - 1):
-            k = k * 31 + iv[j: j + len(k)]
-            k = k * 9 + rr[j: j + len(k)]
-        return k
-
-    kq, kr = keys(qp, ql), keys(rp, rl)
+    kq, ql = q_keys if q_keys is not None else shift_keys(qp, q_ioi, n=n)
+    kr, rl = shift_keys(rp, r_ioi, n=n)
     order = np.argsort(kr, kind="stable")
     lo = np.searchsorted(kr[order], kq, "left")
     hi = np.searchsorted(kr[order], kq, "right")

@@ -351,3 +351,27 @@ def test_estimate_shift_finds_key_and_pace_of_a_lifted_passage(rng):
     got = estimate_shift(qp, note_iois(qo, qd), p, note_iois(o, d), top=1)
     assert got[0][0] == 5 and abs(got[0][1] - 1 / 1.5) < 0.03
     assert estimate_shift(qp[:3], qo[:3], p, o) == []  # too short to say
+
+
+def test_best_scores_equal_the_first_alignment_at_each_shift(rng):
+    """The one-pass scorer that picks the shift must agree with the aligner it stands in for."""
+    from melodyguard.align import Scoring, align_notes, best_scores, note_iois, note_weights
+
+    bg = {"interval_surprisal": list(rng.uniform(1, 6, 25)), "ratio_surprisal": list(rng.uniform(1, 6, 13)),
+          "mean_surprisal": 5.0}
+    for trial in range(6):
+        p, o, d = random_melody(rng, int(rng.integers(20, 60)))
+        up = int(rng.integers(-3, 4))
+        q = p[5:25] + up
+        q[::4] += 1  # a few changed notes
+        qi, ri = note_iois(o[5:25], d[5:25]) * 2, note_iois(o, d)
+        shifts = [(int(t), float(r)) for t, r in zip(rng.integers(-6, 7, 8), rng.choice([0.5, 1.0, 2.0, 1.5], 8))]
+        shifts.insert(int(rng.integers(0, 9)), (-up, 0.5))  # the true key and pace
+        scoring = Scoring() if trial % 2 else Scoring(weighted=False)
+        wq, wr = note_weights(q, qi, bg), note_weights(p, ri, bg)
+        got = best_scores(q, qi, p, ri, shifts=shifts, q_weight=wq, r_weight=wr, scoring=scoring)
+        for (t, r), g in zip(shifts, got):
+            al = align_notes(q, qi, p, ri, transposition=t, tempo_ratio=r, q_weight=wq, r_weight=wr, scoring=scoring)
+            assert g == (al[0].score if al else 0.0)
+        assert got[shifts.index((-up, 0.5))] == got.max() > 5
+    assert best_scores(q, qi, p, ri, shifts=[]).size == 0

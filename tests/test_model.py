@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pretty_midi
 import pytest
+import torch
 from conftest import random_melody
 
 from melodyguard import Melody, cli
 from melodyguard.corpus import HELDOUT_COLLECTIONS
-from melodyguard.errors import ModelVersionError
+from melodyguard.errors import IndexVersionError, ModelVersionError
 from melodyguard.fingerprint import extract_melody
 from melodyguard.model.config import preset
 from melodyguard.model.encoder import Encoder
@@ -115,3 +116,83 @@ def test_shipped_weights_manifest_and_invariance(shipped_encoder, rng):
     base = shipped_encoder.embed(Melody.from_notes(p, o, d)).vectors
     moved = shipped_encoder.embed(Melody.from_notes(p + 5, o * 1.5, d * 1.5)).vectors
     np.testing.assert_allclose(base, moved, atol=1e-6)
+
+
+def test_second_phase_keeps_the_fingerprint_and_the_catalogue(tiny_weights, tmp_path, rng):
+    """Retraining the decoder with the fingerprint frozen changes the weights but not one
+    fingerprint bit, so a catalogue built with the first weights opens with the second."""
+    from melodyguard.index.store import Catalogue
+    from melodyguard.model.training_job import run_training
+
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for i in range(6):
+        pm = pretty_midi.PrettyMIDI()
+        inst = pretty_midi.Instrument(0)
+        p, o, d = random_melody(rng, 28)
+        inst.notes = [pretty_midi.Note(velocity=90, pitch=int(a), start=float(b) / 2, end=float(b + c) / 2)
+                      for a, b, c in zip(p, o, d)]
+        pm.instruments.append(inst)
+        pm.write(str(midi / f"m{i}.mid"))
+    out = tmp_path / "phase2.pt"
+    man = run_training(preset="tiny-detail", midi_dir=midi, run_dir=tmp_path / "run", out=out,
+                       init_from=tiny_weights, freeze_fingerprint=True, progress=False)
+    a, b = Encoder.load(tiny_weights), Encoder.load(out)
+    assert a.manifest["sha256"] != b.manifest["sha256"]
+    assert man["training"]["init_from"]["sha256"] == a.manifest["sha256"]
+    assert b.latent_dim == 12 and b.dim == a.dim == 8
+    # the decoder and the detail encoder did train
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert not torch.equal(sa["decoder.layers.0.linear1.weight"], sb["decoder.layers.0.linear1.weight"])
+    mel = Melody.from_notes(*random_melody(rng, 40))
+    np.testing.assert_array_equal(a.embed(mel).vectors, b.embed(mel).vectors)
+    assert a.fingerprint == b.fingerprint == man["fingerprint_id"]
+
+    cat_dir = tmp_path / "cat"
+    with Catalogue(cat_dir, encoder=a) as cat:
+        wid = cat.add_melody(mel, sha256="0" * 64, title="x").id
+        n_vectors = cat.index()[0].ntotal
+    with Catalogue(cat_dir, encoder=b) as cat:
+        assert [w.id for w in cat.works()] == [wid] and cat.index()[0].ntotal == n_vectors
+    w = b.embed(mel).windows
+    mu, _ = b.model.encode(torch.from_numpy(w.pitch[:2]), torch.from_numpy(w.rhythm[:2]))
+    assert mu.shape == (2, 12)
+    # another first phase (a different fingerprint) is refused by that catalogue
+    other = tmp_path / "other.pt"
+    run_training(preset="tiny", midi_dir=midi, run_dir=tmp_path / "run2", out=other, steps=2, seed=3, progress=False)
+    with pytest.raises(IndexVersionError, match="encoder"):
+        Catalogue(cat_dir, encoder=Encoder.load(other))
+
+
+def test_freezing_needs_initial_weights_that_fit(tiny_weights, tmp_path):
+    from melodyguard.errors import ConfigError
+    from melodyguard.model.training_job import run_training
+
+    with pytest.raises(ConfigError, match="init-from"):
+        run_training(preset="tiny-detail", run_dir=tmp_path / "r", out=tmp_path / "o.pt", freeze_fingerprint=True)
+    with pytest.raises(ConfigError, match="fingerprint path"):
+        # "small" has another width: nothing of the fingerprint path fits
+        run_training(preset="small", midi_dir=tmp_path, run_dir=tmp_path / "r", out=tmp_path / "o.pt",
+                     init_from=tiny_weights, freeze_fingerprint=True)
+
+
+def test_catalogue_named_by_the_weights_checksum_is_renamed_on_open(tiny_weights, tmp_path, rng):
+    import sqlite3
+
+    from melodyguard.index.store import Catalogue
+
+    enc = Encoder.load(tiny_weights)
+    mel = Melody.from_notes(*random_melody(rng, 30))
+    with Catalogue(tmp_path / "c", encoder=enc) as cat:
+        cat.add_melody(mel, sha256="1" * 64, title="old")
+    db = tmp_path / "c" / "catalogue.sqlite"
+    with sqlite3.connect(db) as con:  # as written by the previous release
+        con.execute("UPDATE meta SET value=? WHERE name='encoder'", (enc.manifest["sha256"][:16],))
+    with Catalogue(tmp_path / "c", encoder=enc) as cat:
+        assert [w.title for w in cat.works()] == ["old"] and cat.index()[0].ntotal > 0
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT value FROM meta WHERE name='encoder'").fetchone()[0] == enc.fingerprint
+    with sqlite3.connect(db) as con:  # any other name is still refused
+        con.execute("UPDATE meta SET value='0123456789abcdef' WHERE name='encoder'")
+    with pytest.raises(IndexVersionError, match="encoder"):
+        Catalogue(tmp_path / "c", encoder=enc)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ CATALOGUE_FORMAT_VERSION = 2
 VIEW_NOTES, VIEW_COLLAPSED = 0, 1
 #: Catalogue windows start every DEFAULT_HOP notes (queries use every note).
 DEFAULT_HOP = 2
+#: parsed melodies kept per open catalogue (verification reads the candidates' melodies)
+MELODY_CACHE = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -161,6 +164,8 @@ class Catalogue:
         self._index: VectorIndex | None = None
         self._table: WindowTable | None = None
         self._total_notes = 0
+        self._cache_lock = threading.Lock()
+        self._melodies: OrderedDict[int, Melody] = OrderedDict()
         self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._tx() as con:
             self._check_meta(con)
@@ -201,6 +206,12 @@ class Catalogue:
         if not have:
             con.executemany("INSERT INTO meta VALUES (?, ?)", list(want.items()) + [("generation", "0")])
             return
+        legacy = getattr(self.encoder, "legacy_ids", ())
+        if have.get("encoder") in legacy:
+            # Built when the encoder was named by its weights file's checksum: same weights, so
+            # the same vectors. Rename; the FAISS index is rebuilt from SQLite on first use.
+            con.execute("UPDATE meta SET value=? WHERE name='encoder'", (want["encoder"],))
+            have["encoder"] = want["encoder"]
         if have.get("format_version") == "1" and have.get("encoder") == want["encoder"]:
             self._migrate_v1(con)
             have["format_version"] = want["format_version"]
@@ -296,10 +307,23 @@ class Catalogue:
         return int(self._con().execute("SELECT COUNT(*) FROM works WHERE owner=?", (owner,)).fetchone()[0])
 
     def melody(self, work_id: int) -> Melody:
-        r = self._con().execute("SELECT data FROM melodies WHERE work_id=?", (int(work_id),)).fetchone()
+        """A work's melody (immutable; the most recent few thousand are kept parsed, and
+        forgotten whenever the catalogue's generation moves, see :meth:`index`)."""
+        wid = int(work_id)
+        with self._cache_lock:
+            m = self._melodies.get(wid)
+            if m is not None:
+                self._melodies.move_to_end(wid)
+                return m
+        r = self._con().execute("SELECT data FROM melodies WHERE work_id=?", (wid,)).fetchone()
         if r is None:
             raise WorkNotFoundError(f"no work with id {work_id}")
-        return _melody_from_json(r[0], {"work_id": int(work_id)})
+        m = _melody_from_json(r[0], {"work_id": wid})
+        with self._cache_lock:
+            self._melodies[wid] = m
+            while len(self._melodies) > MELODY_CACHE:
+                self._melodies.popitem(last=False)
+        return m
 
     def add(
         self,
@@ -401,6 +425,8 @@ class Catalogue:
             con.execute("DELETE FROM windows WHERE work_id=?", (work.id,))
             con.execute("DELETE FROM melodies WHERE work_id=?", (work.id,))
             con.execute("DELETE FROM works WHERE id=?", (work.id,))
+            with self._cache_lock:
+                self._melodies.pop(work.id, None)
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
         return work
@@ -427,6 +453,8 @@ class Catalogue:
             if self._index is not None and self._index.manifest.generation == gen:
                 assert self._table is not None
                 return self._index, self._table
+            with self._cache_lock:  # another process may have removed works
+                self._melodies.clear()
             folder = self.path / "index"
             con = self._con()
             last_removal = int((con.execute("SELECT value FROM meta WHERE name='last_removal'").fetchone() or [0])[0])

@@ -30,11 +30,20 @@ class VAEConfig:
     #: the first ``retrieval_dim`` latent dimensions form the fingerprint (trained to be
     #: invariant to edits); the rest carry the details the decoder needs. 0 = all of them.
     retrieval_dim: int = 0
+    #: layers of a separate detail encoder for the non-fingerprint dimensions (0 = they come
+    #: from the fingerprint's own encoder). Lets the decoder be retrained with the fingerprint
+    #: frozen, so that catalogues stay valid.
+    detail_layers: int = 0
+    #: the decoder also attends to z turned into this many prefix vectors (0 = z is only added
+    #: to every input position).
+    z_tokens: int = 0
     window_format_version: int = WINDOW_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if not 0 <= self.retrieval_dim <= self.latent_dim:
             raise ConfigError(f"retrieval_dim must be in 0..latent_dim; got {self.retrieval_dim}")
+        if self.detail_layers and not 0 < self.retrieval_dim < self.latent_dim:
+            raise ConfigError("a detail encoder needs 0 < retrieval_dim < latent_dim")
 
     @property
     def fingerprint_dim(self) -> int:
@@ -57,6 +66,9 @@ PRESETS: dict[str, VAEConfig] = {
     "small": VAEConfig(name="small", d_model=64, heads=4, ff=128, enc_layers=2, dec_layers=1, latent_dim=32),
     # For tests: trains in seconds.
     "tiny": VAEConfig(name="tiny", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1, latent_dim=8),
+    # For tests: "tiny" plus a detail encoder, for a second phase initialised from "tiny".
+    "tiny-detail": VAEConfig(name="tiny-detail", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1,
+                             latent_dim=12, retrieval_dim=8, detail_layers=1, z_tokens=2),
 }
 
 

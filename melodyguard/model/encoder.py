@@ -44,6 +44,7 @@ __all__ = [
     "save_weights",
     "load_encoder",
     "sha256_file",
+    "fingerprint_digest",
 ]
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.pt"
@@ -85,6 +86,7 @@ def save_weights(model: MelodyVAE, path: Path, *, extra: dict[str, Any] | None =
         "config": model.config.to_dict(),
         "latent_dim": model.config.latent_dim,
         "fingerprint_dim": model.config.fingerprint_dim,
+        "fingerprint_id": fingerprint_digest(model),
         "window_format_version": model.config.window_format_version,
         "package_version": __version__,
         "sha256": sha256_file(path),
@@ -120,6 +122,7 @@ class Encoder:
         #: the whole latent's dimension (what the decoder reads)
         self.latent_dim = model.config.latent_dim
         self.window_config = WindowConfig(length=model.config.window_length, hop=1)
+        self._fingerprint: str | None = None
 
     @classmethod
     def load(cls, weights: str | Path | None = None) -> Encoder:
@@ -163,8 +166,22 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies these weights in index manifests."""
-        return str(self.manifest.get("sha256", ""))[:16]
+        """Identifies the fingerprint these weights compute, in catalogue and index manifests.
+
+        A digest of the tensors on the fingerprint's path only (see
+        ``MelodyVAE.fingerprint_parameters``) and of the window length, so that weights whose
+        decoder was retrained with the fingerprint frozen keep their catalogues valid.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint_digest(self.model)
+        return self._fingerprint
+
+    @property
+    def legacy_ids(self) -> tuple[str, ...]:
+        """Earlier names of these weights' fingerprint (the weights file's checksum, used by
+        catalogues built before the fingerprint digest); such catalogues are renamed on open."""
+        sha = str(self.manifest.get("sha256", ""))
+        return (sha[:16],) if sha else ()
 
     @torch.inference_mode()
     def embed_tokens(self, pitch: np.ndarray, rhythm: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
@@ -173,11 +190,11 @@ class Encoder:
         n = pitch.shape[0]
         out = np.empty((n, self.dim), dtype=np.float32)
         for i in range(0, n, batch_size):
-            mu, _ = self.model.encode(
+            mu = self.model.encode_fingerprint(
                 torch.from_numpy(np.ascontiguousarray(pitch[i:i + batch_size])),
                 torch.from_numpy(np.ascontiguousarray(rhythm[i:i + batch_size])),
             )
-            out[i:i + batch_size] = torch.nn.functional.normalize(mu[:, : self.dim], dim=-1).numpy()
+            out[i:i + batch_size] = torch.nn.functional.normalize(mu, dim=-1).numpy()
         return out
 
     def embed(self, melody: Melody, *, hop: int = 1, min_notes: int | None = None) -> Embedding:
@@ -202,6 +219,19 @@ class Encoder:
         mu, _ = self.model.encode(torch.from_numpy(pitch), torch.from_numpy(rhythm))
         p, r = self.model.sample_tokens(mu, temperature=0.0)
         return p.numpy(), r.numpy()
+
+
+def fingerprint_digest(model: MelodyVAE) -> str:
+    """16 hex digits of sha256 over the fingerprint path's tensors (the fingerprint rows of
+    ``to_mu`` only) and the window length."""
+    h = hashlib.sha256(f"window_length={model.config.window_length};dim={model.config.fingerprint_dim}".encode())
+    F = model.config.fingerprint_dim
+    for name, t in model.fingerprint_parameters():
+        if name.startswith("to_mu."):
+            t = t[:F]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def tokens_to_notes(

@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import augment
+from ..errors import ConfigError
 from ..fingerprint.melody import Melody
 from ..fingerprint.windows import PITCH_PAD, RHYTHM_PAD, encode_notes
 from .config import VAEConfig
 from .vae import MelodyVAE
 
-__all__ = ["TrainConfig", "WindowSampler", "train_vae", "vae_loss"]
+__all__ = ["PHASE2", "TrainConfig", "WindowSampler", "init_from", "train_vae", "vae_loss"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,19 @@ class TrainConfig:
     #: probabilities of the edit level for view B (none = shift only)
     levels: tuple[tuple[str, float], ...] = (("none", 0.1), ("light", 0.3), ("medium", 0.35), ("heavy", 0.25))
     short_prob: float = 0.15
+    #: keep the fingerprint path (see ``MelodyVAE.fingerprint_parameters``) as initialised and
+    #: train only the rest: the detail encoder, the variances and the decoder. Catalogues built
+    #: with the initial weights stay valid. Needs initial weights; the contrastive term is moot.
+    freeze_fingerprint: bool = False
+
+
+#: Second-phase settings (``--freeze-fingerprint``) per preset: reconstruction and KL only,
+#: a low beta so that the detail dimensions carry the notes.
+PHASE2: dict[str, TrainConfig] = {
+    "default": TrainConfig(steps=4000, lr=1e-3, beta=0.02, anneal_frac=0.2, word_dropout=0.3,
+                           contrastive_weight=0.0, freeze_fingerprint=True),
+    "tiny-detail": TrainConfig(steps=3, batch_size=16, threads=1, contrastive_weight=0.0, freeze_fingerprint=True),
+}
 
 
 class WindowSampler:
@@ -83,7 +97,10 @@ class WindowSampler:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
-    def sample(self, batch: int, *, levels: Sequence[tuple[str, float]], short_prob: float) -> dict[str, torch.Tensor]:
+    def sample(
+        self, batch: int, *, levels: Sequence[tuple[str, float]], short_prob: float, pairs: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """A batch of windows A and, if ``pairs``, their edited views B."""
         L = self.length
         rng = self.rng
         names = [lv for lv, _ in levels]
@@ -97,6 +114,8 @@ class WindowSampler:
         for b, (k, s) in enumerate(rows):
             p, o, d = self.notes[k]
             A_p[b], A_r[b], _, _ = encode_notes(p[s:s + L], self.iois[k][s:s + L], length=L)
+            if not pairs:
+                continue
             s2 = int(np.clip(s + rng.integers(-1, 2), 0, max(0, p.size - 8)))
             seg = (p[s2:s2 + L + 6], o[s2:s2 + L + 6], d[s2:s2 + L + 6])
             q, qo, qd = augment(seg, names[rng.choice(len(names), p=probs)], rng=rng)
@@ -107,10 +126,10 @@ class WindowSampler:
             ioi[:-1] = np.diff(qo)
             ioi[-1] = qd[-1]
             B_p[b], B_r[b], _, _ = encode_notes(q[:n], np.maximum(ioi[:n], 1e-6), length=L)
-        return {
-            "a_pitch": torch.from_numpy(A_p), "a_rhythm": torch.from_numpy(A_r),
-            "b_pitch": torch.from_numpy(B_p), "b_rhythm": torch.from_numpy(B_r),
-        }
+        out = {"a_pitch": torch.from_numpy(A_p), "a_rhythm": torch.from_numpy(A_r)}
+        if pairs:
+            out |= {"b_pitch": torch.from_numpy(B_p), "b_rhythm": torch.from_numpy(B_r)}
+        return out
 
 
 def vae_loss(
@@ -128,6 +147,12 @@ def vae_loss(
     ) / ap.shape[0]
     kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
     kl = torch.clamp(kl_dim, min=cfg.free_bits).sum()
+    if "b_pitch" not in batch:  # fingerprint frozen: nothing to make invariant
+        loss = rec + beta * kl
+        with torch.no_grad():
+            acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
+        return loss, {"loss": float(loss.detach()), "rec": float(rec.detach()),
+                      "kl": float(kl_dim.detach().sum()), "acc_tf": float(acc)}
     mu_b, _ = model.encode(batch["b_pitch"], batch["b_rhythm"])
     R = model.config.fingerprint_dim  # only the fingerprint part is made edit-invariant
     za = F.normalize(mu[:, :R], dim=-1)
@@ -150,6 +175,31 @@ def vae_loss(
     }
 
 
+def init_from(model: MelodyVAE, state: dict[str, torch.Tensor]) -> list[str]:
+    """Copy every tensor of ``state`` that ``model`` has with the same shape; the fingerprint
+    rows of ``to_mu``/``to_logvar`` when the model has a detail encoder and ``state`` has not.
+    Returns the names copied. Raises ``ConfigError`` if the fingerprint path does not fit."""
+    own = model.state_dict()
+    F = model.config.fingerprint_dim
+    copied = []
+    for k, v in state.items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            own[k] = v.clone()
+        elif k.startswith(("to_mu.", "to_logvar.")) and v.shape[0] >= F and own[k].shape[0] == F \
+                and v.shape[1:] == own[k].shape[1:]:
+            own[k] = v[:F].clone()
+        else:
+            continue
+        copied.append(k)
+    missing = [k for k, _ in model.fingerprint_parameters() if k not in copied]
+    if missing:
+        raise ConfigError(f"initial weights do not fit this model's fingerprint path: {missing[:4]}")
+    model.load_state_dict(own)
+    return copied
+
+
 def train_vae(
     melodies: Sequence[Melody],
     *,
@@ -158,9 +208,12 @@ def train_vae(
     run_dir: Path,
     progress: bool = True,
     log: Any = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[MelodyVAE, dict[str, Any]]:
     """Train (or resume training) a VAE; checkpoints go to ``run_dir/checkpoint.pt``.
 
+    ``init_state`` (a state dict) initialises every tensor that fits; with
+    ``train_config.freeze_fingerprint`` the fingerprint path then stays fixed.
     Returns the model in eval mode and a summary dict (steps, seconds, last metrics).
     """
     from tqdm import tqdm
@@ -172,7 +225,14 @@ def train_vae(
     run_dir.mkdir(parents=True, exist_ok=True)
     sampler = WindowSampler(melodies, length=model_config.window_length, seed=cfg.seed)
     model = MelodyVAE(model_config)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if init_state is not None:
+        init_from(model, init_state)
+    elif cfg.freeze_fingerprint:
+        raise ConfigError("freeze_fingerprint needs initial weights")
+    frozen = {k for k, _ in model.fingerprint_parameters()} if cfg.freeze_fingerprint else set()
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     step, elapsed = 0, 0.0
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():
@@ -185,6 +245,8 @@ def train_vae(
         sampler.rng = np.random.default_rng(cfg.seed + step)
         torch.manual_seed(cfg.seed + step)
     model.train()
+    if frozen:  # no dropout in the frozen path: its outputs are the fingerprints as shipped
+        model.encoder.eval()
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress)
     metrics: dict[str, float] = {}
@@ -194,7 +256,8 @@ def train_vae(
         beta = cfg.beta * min(1.0, frac / max(cfg.anneal_frac, 1e-9))
         for g in opt.param_groups:
             g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-        batch = sampler.sample(cfg.batch_size, levels=cfg.levels, short_prob=cfg.short_prob)
+        batch = sampler.sample(cfg.batch_size, levels=cfg.levels, short_prob=cfg.short_prob,
+                               pairs=not cfg.freeze_fingerprint)
         loss, metrics = vae_loss(model, batch, cfg=cfg, beta=beta)
         opt.zero_grad()
         loss.backward()

@@ -11,7 +11,7 @@ from ..corpus import TRAIN_COLLECTIONS, default_corpus_path, load_corpus
 from ..errors import ConfigError, MelodyGuardError
 from .config import preset as get_preset
 from .encoder import save_weights
-from .train import TrainConfig, train_vae
+from .train import PHASE2, TrainConfig, train_vae
 
 __all__ = ["run_training"]
 
@@ -42,13 +42,29 @@ def run_training(
     out: Path,
     seed: int = 0,
     progress: bool = True,
+    init_from: Path | None = None,
+    freeze_fingerprint: bool = False,
 ) -> dict[str, Any]:
     """Train on the corpus' training split (or a folder of MIDI files) and save weights.
 
+    ``init_from`` (weights with a manifest, verified on load) initialises every tensor that
+    fits the preset; ``freeze_fingerprint`` then trains only the detail encoder and the
+    decoder, with the preset's second-phase settings (``PHASE2``).
     Returns the manifest written beside ``out``.
     """
     cfg = get_preset(preset)
-    tc = TrainConfig(seed=seed)
+    if freeze_fingerprint and init_from is None:
+        raise ConfigError("--freeze-fingerprint needs --init-from WEIGHTS")
+    init_state = None
+    if init_from is not None:
+        from .encoder import Encoder
+        from .train import init_from as _init
+        from .vae import MelodyVAE
+
+        init_state = Encoder.load(init_from).model.state_dict()
+        _init(MelodyVAE(cfg), init_state)  # refuse weights that do not fit before loading data
+    tc = PHASE2.get(preset, PHASE2["default"]) if freeze_fingerprint else TrainConfig()
+    tc = dataclasses.replace(tc, seed=seed)
     if steps is not None:
         tc = dataclasses.replace(tc, steps=steps)
     if batch_size is not None:
@@ -69,8 +85,15 @@ def run_training(
     t0 = time.time()
     with open(Path(run_dir) / "log.jsonl", "a") as log:
         model, summary = train_vae(
-            melodies, model_config=cfg, train_config=tc, run_dir=run_dir, progress=progress, log=log
+            melodies, model_config=cfg, train_config=tc, run_dir=run_dir, progress=progress, log=log,
+            init_state=init_state,
         )
+    if init_from is not None:
+        from .encoder import Encoder
+
+        prev = Encoder.load(init_from).manifest
+        summary["init_from"] = {"sha256": prev.get("sha256"), "preset": prev.get("preset"),
+                                "training": prev.get("training"), "frozen_fingerprint": freeze_fingerprint}
     summary["data"] = data
     summary["wall_seconds_this_run"] = round(time.time() - t0, 1)
     return save_weights(model, out, extra={"training": summary})

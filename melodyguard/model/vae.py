@@ -35,34 +35,87 @@ class MelodyVAE(nn.Module):
         self.cls = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
         self.encoder = _stack(c, c.enc_layers)
         self.enc_norm = nn.LayerNorm(c.d_model)
-        self.to_mu = nn.Linear(2 * c.d_model, c.latent_dim)
-        self.to_logvar = nn.Linear(2 * c.d_model, c.latent_dim)
+        # With a detail encoder, the shared trunk yields only the fingerprint dimensions and a
+        # second, independent stack yields the rest (the details the decoder needs).
+        F = c.fingerprint_dim if c.detail_layers else c.latent_dim
+        self.to_mu = nn.Linear(2 * c.d_model, F)
+        self.to_logvar = nn.Linear(2 * c.d_model, F)
+        if c.detail_layers:
+            D = c.latent_dim - F
+            self.det_pitch = nn.Embedding(N_PITCH_TOKENS, c.d_model)
+            self.det_rhythm = nn.Embedding(N_RHYTHM_TOKENS, c.d_model)
+            self.det_pos = nn.Parameter(torch.randn(1, L + 1, c.d_model) * 0.02)
+            self.det_cls = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
+            self.det_encoder = _stack(c, c.detail_layers)
+            self.det_norm = nn.LayerNorm(c.d_model)
+            self.det_mu = nn.Linear(2 * c.d_model, D)
+            self.det_logvar = nn.Linear(2 * c.d_model, D)
         self.dec_pitch = nn.Embedding(N_PITCH_TOKENS, c.d_model)
         self.dec_rhythm = nn.Embedding(N_RHYTHM_TOKENS, c.d_model)
         self.dec_pos = nn.Parameter(torch.randn(1, L, c.d_model) * 0.02)
         self.z_in = nn.Linear(c.latent_dim, c.d_model)
+        if c.z_tokens:
+            # z also becomes a prefix of z_tokens vectors that every position attends to: one
+            # vector added everywhere is too narrow a channel for a note-exact reconstruction.
+            self.z_prefix = nn.Linear(c.latent_dim, c.z_tokens * c.d_model)
+            self.z_prefix_pos = nn.Parameter(torch.randn(1, c.z_tokens, c.d_model) * 0.02)
         self.decoder = _stack(c, c.dec_layers)
         self.dec_norm = nn.LayerNorm(c.d_model)
         self.out_pitch = nn.Linear(c.d_model, N_PITCH_TOKENS)
         self.out_rhythm = nn.Linear(c.d_model, N_RHYTHM_TOKENS)
-        self.register_buffer("causal", torch.triu(torch.full((L, L), float("-inf")), diagonal=1), persistent=False)
+        K = c.z_tokens
+        causal = torch.triu(torch.full((K + L, K + L), float("-inf")), diagonal=1)
+        causal[:, :K] = 0.0  # the prefix is visible to all, and sees itself whole
+        self.register_buffer("causal", causal, persistent=False)
 
-    def encode(self, pitch: torch.Tensor, rhythm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _features(
+        pitch: torch.Tensor, rhythm: torch.Tensor, emb_p: nn.Embedding, emb_r: nn.Embedding,
+        pos: torch.Tensor, cls: torch.Tensor, stack: nn.TransformerEncoder, norm: nn.LayerNorm,
+    ) -> torch.Tensor:
+        """[CLS output, mean of the note outputs] of one transformer stack, ``(B, 2 d_model)``."""
         B, L = pitch.shape
-        x = self.enc_pitch(pitch) + self.enc_rhythm(rhythm)
-        x = torch.cat([self.cls.expand(B, 1, -1), x], 1) + self.enc_pos[:, : L + 1]
+        x = emb_p(pitch) + emb_r(rhythm)
+        x = torch.cat([cls.expand(B, 1, -1), x], 1) + pos[:, : L + 1]
         pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool), pitch == PITCH_PAD], 1)
-        h = self.enc_norm(self.encoder(x, src_key_padding_mask=pad))
+        h = norm(stack(x, src_key_padding_mask=pad))
         keep = (~pad[:, 1:]).unsqueeze(-1).float()
         pooled = (h[:, 1:] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-        feat = torch.cat([h[:, 0], pooled], -1)
-        return self.to_mu(feat), self.to_logvar(feat).clamp(-10.0, 10.0)
+        return torch.cat([h[:, 0], pooled], -1)
+
+    def encode_fingerprint(self, pitch: torch.Tensor, rhythm: torch.Tensor) -> torch.Tensor:
+        """Posterior means of the fingerprint dimensions only, ``(B, fingerprint_dim)``."""
+        feat = self._features(pitch, rhythm, self.enc_pitch, self.enc_rhythm, self.enc_pos, self.cls,
+                              self.encoder, self.enc_norm)
+        return self.to_mu(feat)[:, : self.config.fingerprint_dim]
+
+    def fingerprint_parameters(self) -> list[tuple[str, torch.Tensor]]:
+        """The named tensors that determine the fingerprint (sorted by name)."""
+        prefixes = ("enc_pitch.", "enc_rhythm.", "enc_pos", "cls", "encoder.", "enc_norm.", "to_mu.")
+        return sorted((k, v) for k, v in self.state_dict().items() if k.startswith(prefixes))
+
+    def encode(self, pitch: torch.Tensor, rhythm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self._features(pitch, rhythm, self.enc_pitch, self.enc_rhythm, self.enc_pos, self.cls,
+                              self.encoder, self.enc_norm)
+        mu, logvar = self.to_mu(feat), self.to_logvar(feat)
+        if self.config.detail_layers:
+            det = self._features(pitch, rhythm, self.det_pitch, self.det_rhythm, self.det_pos, self.det_cls,
+                                 self.det_encoder, self.det_norm)
+            mu = torch.cat([mu, self.det_mu(det)], -1)
+            logvar = torch.cat([logvar, self.det_logvar(det)], -1)
+        return mu, logvar.clamp(-10.0, 10.0)
 
     def _decode_inputs(self, z: torch.Tensor, prev_p: torch.Tensor, prev_r: torch.Tensor) -> torch.Tensor:
         n = prev_p.shape[1]
+        K = self.config.z_tokens
         causal: torch.Tensor = self.causal  # type: ignore[assignment]
         x = self.dec_pitch(prev_p) + self.dec_rhythm(prev_r) + self.dec_pos[:, :n] + self.z_in(z).unsqueeze(1)
-        h = self.decoder(x, mask=causal[:n, :n], is_causal=True)
+        if K:
+            prefix = self.z_prefix(z).view(z.shape[0], K, -1) + self.z_prefix_pos
+            x = torch.cat([prefix, x], 1)
+            h = self.decoder(x, mask=causal[: K + n, : K + n])[:, K:]
+        else:
+            h = self.decoder(x, mask=causal[:n, :n], is_causal=True)
         return self.dec_norm(h)
 
     def decode(
