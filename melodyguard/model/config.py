@@ -63,6 +63,9 @@ class VAEConfig:
 PRESETS: dict[str, VAEConfig] = {
     # 96 latent dimensions: 64 form the fingerprint, 32 keep the notes' details for the decoder.
     "default": VAEConfig(latent_dim=96, retrieval_dim=64),
+    # "default" plus a separate detail encoder (64 more dimensions) and a latent prefix for the
+    # decoder: a second phase on top of "default" weights, with the fingerprint frozen.
+    "default-detail": VAEConfig(name="default-detail", latent_dim=128, retrieval_dim=64, detail_layers=2, z_tokens=8),
     "small": VAEConfig(name="small", d_model=64, heads=4, ff=128, enc_layers=2, dec_layers=1, latent_dim=32),
     # For tests: trains in seconds.
     "tiny": VAEConfig(name="tiny", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1, latent_dim=8),

@@ -63,8 +63,8 @@ class TrainConfig:
 #: Second-phase settings (``--freeze-fingerprint``) per preset: reconstruction and KL only,
 #: a low beta so that the detail dimensions carry the notes.
 PHASE2: dict[str, TrainConfig] = {
-    "default": TrainConfig(steps=4000, lr=1e-3, beta=0.02, anneal_frac=0.2, word_dropout=0.3,
-                           contrastive_weight=0.0, freeze_fingerprint=True),
+    "default-detail": TrainConfig(steps=4000, lr=2e-3, beta=0.002, anneal_frac=0.2, word_dropout=0.3,
+                                  contrastive_weight=0.0, freeze_fingerprint=True),
     "tiny-detail": TrainConfig(steps=3, batch_size=16, threads=1, contrastive_weight=0.0, freeze_fingerprint=True),
 }
 

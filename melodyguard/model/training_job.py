@@ -63,7 +63,7 @@ def run_training(
 
         init_state = Encoder.load(init_from).model.state_dict()
         _init(MelodyVAE(cfg), init_state)  # refuse weights that do not fit before loading data
-    tc = PHASE2.get(preset, PHASE2["default"]) if freeze_fingerprint else TrainConfig()
+    tc = PHASE2.get(preset, PHASE2["default-detail"]) if freeze_fingerprint else TrainConfig()
     tc = dataclasses.replace(tc, seed=seed)
     if steps is not None:
         tc = dataclasses.replace(tc, steps=steps)
