@@ -375,3 +375,20 @@ def test_best_scores_equal_the_first_alignment_at_each_shift(rng):
             assert g == (al[0].score if al else 0.0)
         assert got[shifts.index((-up, 0.5))] == got.max() > 5
     assert best_scores(q, qi, p, ri, shifts=[]).size == 0
+
+
+def test_benchmark_counts_tied_works_as_a_random_order():
+    """recall@1 / MRR of the benchmark: a source tied with t works scores 1/t and the mean
+    reciprocal rank over the tied positions; works strictly better push it down."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.tie_aware(np.array([9.0, 5.0, 3.0]), 9.0) == (1.0, 1.0)
+    r1, rr = bench.tie_aware(np.array([9.0, 9.0, 3.0]), 9.0)
+    assert r1 == 0.5 and rr == pytest.approx((1 + 1 / 2) / 2)
+    r1, rr = bench.tie_aware(np.array([12.0, 9.0, 9.0, 9.0]), 9.0)
+    assert r1 == 0.0 and rr == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)

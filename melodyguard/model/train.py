@@ -180,16 +180,16 @@ def init_from(model: MelodyVAE, state: dict[str, torch.Tensor]) -> list[str]:
     rows of ``to_mu``/``to_logvar`` when the model has a detail encoder and ``state`` has not.
     Returns the names copied. Raises ``ConfigError`` if the fingerprint path does not fit."""
     own = model.state_dict()
-    F = model.config.fingerprint_dim
+    fp_dim = model.config.fingerprint_dim
     copied = []
     for k, v in state.items():
         if k not in own:
             continue
         if own[k].shape == v.shape:
             own[k] = v.clone()
-        elif k.startswith(("to_mu.", "to_logvar.")) and v.shape[0] >= F and own[k].shape[0] == F \
+        elif k.startswith(("to_mu.", "to_logvar.")) and v.shape[0] >= fp_dim and own[k].shape[0] == fp_dim \
                 and v.shape[1:] == own[k].shape[1:]:
-            own[k] = v[:F].clone()
+            own[k] = v[:fp_dim].clone()
         else:
             continue
         copied.append(k)

@@ -4,6 +4,11 @@ several times faster on a CPU.
 
 Shapes: ``pitch`` and ``rhythm`` token tensors are ``(batch, L)`` int64 with L the window
 length; ``mu`` and ``logvar`` are ``(batch, latent_dim)``.
+
+The first ``fingerprint_dim`` latent dimensions are the fingerprint. With ``detail_layers`` a
+second, independent encoder yields the others, so the decoder side can be retrained while the
+fingerprint path (:meth:`MelodyVAE.fingerprint_parameters`) stays frozen; with ``z_tokens`` the
+decoder also attends to z turned into that many prefix vectors.
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ class MelodyVAE(nn.Module):
         self.enc_norm = nn.LayerNorm(c.d_model)
         # With a detail encoder, the shared trunk yields only the fingerprint dimensions and a
         # second, independent stack yields the rest (the details the decoder needs).
-        F = c.fingerprint_dim if c.detail_layers else c.latent_dim
-        self.to_mu = nn.Linear(2 * c.d_model, F)
-        self.to_logvar = nn.Linear(2 * c.d_model, F)
+        shared = c.fingerprint_dim if c.detail_layers else c.latent_dim
+        self.to_mu = nn.Linear(2 * c.d_model, shared)
+        self.to_logvar = nn.Linear(2 * c.d_model, shared)
         if c.detail_layers:
-            D = c.latent_dim - F
+            D = c.latent_dim - shared
             self.det_pitch = nn.Embedding(N_PITCH_TOKENS, c.d_model)
             self.det_rhythm = nn.Embedding(N_RHYTHM_TOKENS, c.d_model)
             self.det_pos = nn.Parameter(torch.randn(1, L + 1, c.d_model) * 0.02)
