@@ -66,6 +66,8 @@ class DetectConfig:
     min_sim: float = 0.55
     #: works verified per query, best voted first (one-pass scoring makes each cheap: ~0.3 ms)
     max_candidates: int = 40
+    #: works verified besides those, found by shared rare 3-note figures (0: off)
+    figure_candidates: int = 5
     offset_bin: int = 6
     review_evalue: float = 1e-4
     block_evalue: float = 1e-8
@@ -132,6 +134,8 @@ def load_calibration(path: Path | None = None) -> Calibration:
 
 
 def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    if not x.size:
+        return 1.0
     o = np.argsort(x)
     c = np.cumsum(w[o])
     return float(x[o][np.searchsorted(c, c[-1] / 2.0)])
@@ -235,6 +239,15 @@ def check_melody(
         if not sel.any():
             sel = w_all == w
         hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
+    if config.figure_candidates and hasattr(catalogue, "figures"):
+        # Short lifted phrases leave too few window hits to win the vote; their 3-note figures
+        # still agree on one key, pace and offset (melodyguard.index.figures).
+        skip = set(ranked) | ({exclude_work} if exclude_work is not None else set())
+        extra = catalogue.figures().candidates(melody, top=config.figure_candidates, exclude=skip)
+        ranked += extra
+        for w in extra:  # whatever window hits they have (maybe none: then shared figures decide)
+            sel = w_all == w
+            hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
     t_vote = time.perf_counter()
 
     background = cal.info.get("background")

@@ -392,3 +392,55 @@ def test_benchmark_counts_tied_works_as_a_random_order():
     assert r1 == 0.5 and rr == pytest.approx((1 + 1 / 2) / 2)
     r1, rr = bench.tie_aware(np.array([12.0, 9.0, 9.0, 9.0]), 9.0)
     assert r1 == 0.0 and rr == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
+
+
+def _lifted(rng, src, host, *, at: int, n: int, up: int, pace: float):
+    """``n`` notes of ``src`` (from note 10), ``up`` semitones higher and ``pace`` times
+    slower, inserted into ``host`` before note ``at``."""
+    p, o, d = src
+    hp, ho, hd = host
+    ex_p, ex_o, ex_d = p[10:10 + n] + up, (o[10:10 + n] - o[10]) * pace, d[10:10 + n] * pace
+    span = ex_o[-1] + ex_d[-1]
+    return Melody.from_notes(np.concatenate([hp[:at], ex_p, hp[at:]]),
+                             np.concatenate([ho[:at], ho[at] + ex_o, ho[at:] + span]),
+                             np.concatenate([hd[:at], ex_d, hd[at:]]))
+
+
+def test_figure_index_finds_a_short_lifted_phrase(rng):
+    from melodyguard.index.figures import FigureIndex
+
+    srcs = {w: random_melody(rng, 48) for w in range(1, 41)}
+    fi = FigureIndex()
+    fi.add((w, Melody.from_notes(*m)) for w, m in srcs.items())
+    q = _lifted(rng, srcs[7], random_melody(rng, 40), at=20, n=13, up=5, pace=1.5)
+    assert fi.candidates(q, top=3)[0] == 7
+    assert 7 not in fi.candidates(q, top=3, exclude=[7])
+    fi.remove([7])
+    assert len(fi) == 39 and 7 not in fi.candidates(q, top=3)
+    assert fi.candidates(Melody.from_notes(*random_melody(rng, 3)), top=3) == []  # no figure to vote
+    assert FigureIndex().candidates(q) == []
+
+
+def test_detection_verifies_figure_candidates_and_keeps_them_current(shipped_encoder, tmp_path, rng):
+    from melodyguard.detect import DetectConfig, check_melody
+    from melodyguard.index.store import Catalogue
+
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    works = cat.add_melodies([{"melody": Melody.from_notes(*random_melody(rng, 48)), "sha256": f"{i:064d}",
+                               "title": f"w{i}"} for i in range(12)])
+    assert len(cat.figures()) == 12
+    target = works[5]
+    m = cat.melody(target.id)
+    q = _lifted(rng, (m.pitches, m.onsets_beats, m.durations_beats), random_melody(rng, 40), at=18, n=14, up=-3,
+                pace=0.75)
+    # Window votes off (no candidate from them): the figure index alone brings the work in.
+    rep = check_melody(q, cat, config=DetectConfig(max_candidates=1, figure_candidates=3, min_sim=0.999))
+    assert rep["matches"] and rep["matches"][0]["work"]["id"] == target.id
+    assert rep["matches"][0]["transposition_semitones"] == -3
+    assert not check_melody(q, cat, config=DetectConfig(max_candidates=1, figure_candidates=0, min_sim=0.999))["matches"]
+    cat.remove(target.id)
+    assert len(cat.figures()) == 11
+    assert target.id not in [x["work"]["id"] for x in check_melody(q, cat)["matches"]]
+    cat.add_melodies([{"melody": m, "sha256": "f" * 64, "title": "again"}])
+    assert len(cat.figures()) == 12
+    cat.close()

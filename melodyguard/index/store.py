@@ -40,6 +40,7 @@ from ..errors import (
 )
 from ..fingerprint.melody import Melody, TimeSignature, collapse_repeats
 from ..fingerprint.windows import WindowConfig, Windows, window_melody
+from .figures import FigureIndex
 from .vectors import VectorIndex
 
 __all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable"]
@@ -162,6 +163,8 @@ class Catalogue:
         self._index_lock = threading.RLock()
         self._local = threading.local()
         self._index: VectorIndex | None = None
+        self._figures = FigureIndex()
+        self._figures_gen = -1
         self._table: WindowTable | None = None
         self._total_notes = 0
         self._cache_lock = threading.Lock()
@@ -505,6 +508,27 @@ class Catalogue:
     def total_notes(self) -> int:
         self.index()
         return self._total_notes
+
+    def figures(self) -> FigureIndex:
+        """The in-memory index of the works' 3-note figures, brought up to date with SQLite
+        (only works added since the last call are parsed; see :mod:`.figures`)."""
+        with self._index_lock:
+            gen = self.generation()
+            if self._figures_gen == gen:
+                return self._figures
+            con = self._con()
+            ids = {int(r[0]) for r in con.execute("SELECT id FROM works")}
+            have = self._figures.work_ids()
+            self._figures.remove(have - ids)
+            new = sorted(ids - have)
+            for b in range(0, len(new), 500):
+                chunk = new[b:b + 500]
+                rows = con.execute(
+                    f"SELECT work_id, data FROM melodies WHERE work_id IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                self._figures.add((int(w), _melody_from_json(d, {})) for w, d in rows)
+            self._figures_gen = gen
+            return self._figures
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)

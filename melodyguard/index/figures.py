@@ -1,0 +1,131 @@
+"""An inverted index of 3-note figures: a second source of candidates for detection.
+
+A short lifted phrase (12-14 notes, ornamented) leaves one or two query windows that a
+catalogue work's windows resemble, too few for that work to win the window vote among
+thousands. Its 3-note figures (two intervals and two inter-onset ratios, invariant to key and
+pace; :func:`melodyguard.align.shift_keys`) still line up: every figure the query shares with a
+work votes for one (transposition, tempo ratio, diagonal), as in the geometric hashing of audio
+fingerprinting, weighted by how rare the figure is (log of works / works containing it; figures
+found in more than ``max_df`` of the works, and in more than two, are stock material and do
+not vote).
+
+The index lives in memory beside the FAISS index and is derived from the catalogue's melodies:
+per-work figure arrays are kept, so a catalogue change only parses the works added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..align import note_iois, shift_keys
+from ..fingerprint.melody import Melody
+
+__all__ = ["FigureIndex"]
+
+_CODE_WORK = 10**11  # work id * this + (transposition, tempo, diagonal) code
+
+
+class FigureIndex:
+    """Sorted postings of every catalogue work's 3-note figures (notes as written)."""
+
+    def __init__(self) -> None:
+        self._works: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._dirty = True
+        self._keys = np.zeros(0, np.int64)
+        self._work = np.zeros(0, np.int64)
+        self._pitch = np.zeros(0, np.int64)
+        self._log_ioi = np.zeros(0, np.float64)
+        self._pos = np.zeros(0, np.int64)
+        self._df_keys = np.zeros(0, np.int64)
+        self._df = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._works)
+
+    def work_ids(self) -> set[int]:
+        return set(self._works)
+
+    def add(self, items: Iterable[tuple[int, Melody]]) -> None:
+        for wid, m in items:
+            ioi = note_iois(m.onsets_beats, m.durations_beats)
+            k, lg = shift_keys(m.pitches, ioi)
+            n = len(k)
+            self._works[int(wid)] = (k, np.asarray(m.pitches[:n], np.int64), lg[:n])
+            self._dirty = True
+
+    def remove(self, work_ids: Iterable[int]) -> None:
+        for w in work_ids:
+            if self._works.pop(int(w), None) is not None:
+                self._dirty = True
+
+    def _build(self) -> None:
+        if not self._dirty:
+            return
+        parts = [(w, k, p, lg) for w, (k, p, lg) in self._works.items() if len(k)]
+        if parts:
+            keys = np.concatenate([k for _, k, _, _ in parts])
+            order = np.argsort(keys, kind="stable")
+            self._keys = keys[order]
+            self._work = np.concatenate([np.full(len(k), w, np.int64) for w, k, _, _ in parts])[order]
+            self._pitch = np.concatenate([p for _, _, p, _ in parts])[order]
+            self._log_ioi = np.concatenate([lg for _, _, _, lg in parts])[order]
+            self._pos = np.concatenate([np.arange(len(k), dtype=np.int64) for _, k, _, _ in parts])[order]
+            # document frequency: the number of works containing each figure
+            pairs = np.unique(np.stack([self._keys, self._work], 1), axis=0)
+            self._df_keys, self._df = np.unique(pairs[:, 0], return_counts=True)
+        else:
+            self._keys = self._work = self._pitch = self._pos = self._df_keys = self._df = np.zeros(0, np.int64)
+            self._log_ioi = np.zeros(0, np.float64)
+        self._dirty = False
+
+    def candidates(
+        self,
+        melody: Melody,
+        *,
+        top: int = 5,
+        max_df: float = 0.05,
+        offset_bin: int = 8,
+        exclude: Iterable[int] = (),
+    ) -> list[int]:
+        """The ``top`` works whose shared figures best agree on one key, pace and offset."""
+        self._build()
+        n_works = len(self._works)
+        if top < 1 or n_works == 0:
+            return []
+        ioi = note_iois(melody.onsets_beats, melody.durations_beats)
+        qk, qlg = shift_keys(melody.pitches, ioi)
+        if not len(qk):
+            return []
+        qp = np.asarray(melody.pitches, np.int64)
+        lo = np.searchsorted(self._keys, qk, "left")
+        hi = np.searchsorted(self._keys, qk, "right")
+        di = np.searchsorted(self._df_keys, qk)
+        df = np.where(hi > lo, self._df[np.minimum(di, len(self._df) - 1)], 0)
+        use = (hi > lo) & (df <= max(max_df * n_works, 2))  # small catalogues: figures of 1-2 works
+        if not use.any():
+            return []
+        qi = np.repeat(np.flatnonzero(use), (hi - lo)[use])
+        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo[use], hi[use])])
+        tr = self._pitch[idx] - qp[qi]
+        lr = np.rint(12 * (self._log_ioi[idx] - qlg[qi])).astype(np.int64)
+        dg = (self._pos[idx] - qi) // offset_bin
+        code = self._work[idx] * _CODE_WORK + (tr + 128) * 10_000_000 + (lr + 500) * 10_000 + (dg + 5_000)
+        weight = np.log(n_works / df[qi])
+        u, inv = np.unique(code, return_inverse=True)
+        tot = np.bincount(inv, weights=weight)
+        works = u // _CODE_WORK
+        order = np.lexsort((-tot, works))  # per work, its best (key, pace, diagonal) first
+        works, tot = works[order], tot[order]
+        first = np.ones(len(works), bool)
+        first[1:] = works[1:] != works[:-1]
+        works, tot = works[first], tot[first]
+        skip = {int(x) for x in exclude}
+        out = []
+        for w in works[np.argsort(-tot, kind="stable")].tolist():
+            if w not in skip:
+                out.append(int(w))
+                if len(out) == top:
+                    break
+        return out
