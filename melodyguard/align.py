@@ -40,9 +40,29 @@ __all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "align_notes", "align_inte
 
 
 
+@njit(cache=True, inline="always")
+def _pair_score(qp, ql, rp, rl, t, logr, wq, wr, prm):  # pragma: no cover - numba
+    """Score of aligning one query note with one reference note (the module docstring's table)."""
+    w = 0.5 * (wq + wr)
+    dp = abs(qp + t - rp)
+    if dp == 0:
+        s = prm[0] * w
+    elif dp == 12:
+        s = prm[1]
+    elif dp <= 2:
+        s = prm[2]
+    else:
+        s = prm[3]
+    if abs(ql + logr - rl) < prm[7]:
+        s += prm[4] * w
+    else:
+        s += prm[5]
+    return s
+
+
 @njit(cache=True)
 def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pragma: no cover - numba
-    s_eq, s_oct, s_near, s_other, r_hit, r_miss, gap, r_tol = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7]
+    gap = prm[6]
     n, m = qp.shape[0], rp.shape[0]
     H = np.zeros((n + 1, m + 1))
     T = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 stop, 1 diag, 2 up (gap in ref), 3 left
@@ -53,21 +73,7 @@ def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pr
         for j in range(1, m + 1):
             if blocked_r[j - 1]:
                 continue
-            w = 0.5 * (wq[i - 1] + wr[j - 1])
-            dp = abs(qp[i - 1] + t - rp[j - 1])
-            if dp == 0:
-                s = s_eq * w
-            elif dp == 12:
-                s = s_oct
-            elif dp <= 2:
-                s = s_near
-            else:
-                s = s_other
-            dl = abs(ql[i - 1] + logr - rl[j - 1])
-            if dl < r_tol:
-                s += r_hit * w
-            else:
-                s += r_miss
+            s = _pair_score(qp[i - 1], ql[i - 1], rp[j - 1], rl[j - 1], t, logr, wq[i - 1], wr[j - 1], prm)
             d = H[i - 1, j - 1] + s
             u = H[i - 1, j] + gap
             lft = H[i, j - 1] + gap
@@ -106,7 +112,7 @@ def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pr
 def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, prm):  # pragma: no cover - numba
     """The best local score of :func:`_sw_notes` (nothing blocked) for each (t, logr) pair,
     in linear memory and without traceback: the same arithmetic, so the same numbers."""
-    s_eq, s_oct, s_near, s_other, r_hit, r_miss, gap, r_tol = prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7]
+    gap = prm[6]
     n, m = qp.shape[0], rp.shape[0]
     out = np.zeros(ts.shape[0])
     prev = np.zeros(m + 1)
@@ -119,21 +125,7 @@ def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, prm):  # pragma: no cover - nu
         for i in range(1, n + 1):
             cur[0] = 0.0
             for j in range(1, m + 1):
-                w = 0.5 * (wq[i - 1] + wr[j - 1])
-                dp = abs(qp[i - 1] + t - rp[j - 1])
-                if dp == 0:
-                    s = s_eq * w
-                elif dp == 12:
-                    s = s_oct
-                elif dp <= 2:
-                    s = s_near
-                else:
-                    s = s_other
-                dl = abs(ql[i - 1] + logr - rl[j - 1])
-                if dl < r_tol:
-                    s += r_hit * w
-                else:
-                    s += r_miss
+                s = _pair_score(qp[i - 1], ql[i - 1], rp[j - 1], rl[j - 1], t, logr, wq[i - 1], wr[j - 1], prm)
                 d = prev[j - 1] + s
                 u = prev[j] + gap
                 lft = cur[j - 1] + gap

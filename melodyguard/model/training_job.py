@@ -55,13 +55,14 @@ def run_training(
     cfg = get_preset(preset)
     if freeze_fingerprint and init_from is None:
         raise ConfigError("--freeze-fingerprint needs --init-from WEIGHTS")
-    init_state = None
+    init_state, init_manifest = None, None
     if init_from is not None:
         from .encoder import Encoder
         from .train import init_from as _init
         from .vae import MelodyVAE
 
-        init_state = Encoder.load(init_from).model.state_dict()
+        init_enc = Encoder.load(init_from)
+        init_state, init_manifest = init_enc.model.state_dict(), init_enc.manifest
         _init(MelodyVAE(cfg), init_state)  # refuse weights that do not fit before loading data
     tc = PHASE2.get(preset, PHASE2["default-detail"]) if freeze_fingerprint else TrainConfig()
     tc = dataclasses.replace(tc, seed=seed)
@@ -88,10 +89,8 @@ def run_training(
             melodies, model_config=cfg, train_config=tc, run_dir=run_dir, progress=progress, log=log,
             init_state=init_state,
         )
-    if init_from is not None:
-        from .encoder import Encoder
-
-        prev = Encoder.load(init_from).manifest
+    if init_manifest is not None:
+        prev = init_manifest
         summary["init_from"] = {"sha256": prev.get("sha256"), "preset": prev.get("preset"),
                                 "training": prev.get("training"), "frozen_fingerprint": freeze_fingerprint}
     summary["data"] = data
