@@ -93,6 +93,14 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
     out["recon_note_accuracy"] = round(float(((rp == P[sub]) & (rr == R[sub]))[mask].mean()), 4)
     out["recon_pitch_accuracy"] = round(float((rp == P[sub])[mask].mean()), 4)
     out["recon_rhythm_accuracy"] = round(float((rr == R[sub])[mask].mean()), 4)
+    # The same windows, each decoded as the most probable window a width-4 beam search finds.
+    bp, br = [], []
+    for i in range(0, len(sub), 1000):
+        a, b = enc.reconstruct(P[sub[i:i + 1000]], R[sub[i:i + 1000]], beam=4)
+        bp.append(a)
+        br.append(b)
+    bp, br = np.concatenate(bp), np.concatenate(br)
+    out["recon_note_accuracy_beam4"] = round(float(((bp == P[sub]) & (br == R[sub]))[mask].mean()), 4)
     with torch.inference_mode():
         mu, logvar = enc.model.encode(torch.from_numpy(P[sub]), torch.from_numpy(R[sub]))
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)

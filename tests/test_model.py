@@ -13,7 +13,7 @@ from conftest import random_melody
 
 from melodyguard import Melody, cli
 from melodyguard.corpus import HELDOUT_COLLECTIONS
-from melodyguard.errors import IndexVersionError, ModelVersionError
+from melodyguard.errors import ConfigError, IndexVersionError, ModelVersionError
 from melodyguard.fingerprint import extract_melody
 from melodyguard.model.config import preset
 from melodyguard.model.encoder import Encoder
@@ -196,3 +196,58 @@ def test_catalogue_named_by_the_weights_checksum_is_renamed_on_open(tiny_weights
         con.execute("UPDATE meta SET value='0123456789abcdef' WHERE name='encoder'")
     with pytest.raises(IndexVersionError, match="encoder"):
         Catalogue(tmp_path / "c", encoder=enc)
+
+
+def _log_prob(model, z, p, r):
+    """Log-probability of whole windows under the decoder, padding excluded as in decoding."""
+    from melodyguard.fingerprint.windows import PITCH_PAD, RHYTHM_PAD
+
+    lp, lr = model.decode(z, p, r)
+    lp[..., PITCH_PAD] = -torch.inf
+    lr[..., RHYTHM_PAD] = -torch.inf
+    lp, lr = torch.log_softmax(lp, -1), torch.log_softmax(lr, -1)
+    return (lp.gather(2, p.unsqueeze(2)) + lr.gather(2, r.unsqueeze(2))).squeeze(2).sum(1)
+
+
+def test_beam_search_finds_the_most_probable_window(rng):
+    import dataclasses
+
+    from melodyguard.fingerprint.windows import (
+        N_PITCH_TOKENS,
+        N_RHYTHM_TOKENS,
+        PITCH_PAD,
+        RHYTHM_PAD,
+    )
+    from melodyguard.model.vae import MelodyVAE
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    model = MelodyVAE(dataclasses.replace(preset("tiny"), window_length=2)).eval()
+    z = torch.randn(3, model.config.latent_dim) * 2
+    with torch.no_grad():
+        gp, gr = model.sample_tokens(z, temperature=0.0)
+        b1p, b1r = model.beam_tokens(z, beam=1)
+        # Two steps: a beam as wide as the joint vocabulary is an exhaustive search.
+        bp, br = model.beam_tokens(z, beam=N_PITCH_TOKENS * N_RHYTHM_TOKENS)
+        first = torch.cartesian_prod(torch.arange(N_PITCH_TOKENS), torch.arange(N_RHYTHM_TOKENS))
+        first = first[(first[:, 0] != PITCH_PAD) & (first[:, 1] != RHYTHM_PAD)]
+        second = first
+        for i in range(z.shape[0]):
+            P = torch.stack([first[:, 0].repeat_interleave(len(second)), second[:, 0].repeat(len(first))], 1)
+            R = torch.stack([first[:, 1].repeat_interleave(len(second)), second[:, 1].repeat(len(first))], 1)
+            scores = _log_prob(model, z[i:i + 1].expand(len(P), -1), P, R)
+            best = int(scores.argmax())
+            assert torch.equal(bp[i], P[best]) and torch.equal(br[i], R[best])
+    assert torch.equal(b1p, gp) and torch.equal(b1r, gr)  # width 1 is greedy decoding
+
+
+def test_reconstruction_by_beam_search(tiny_weights, rng):
+    enc = Encoder.load(tiny_weights)
+    w = enc.embed(Melody.from_notes(*random_melody(rng, 24))).windows
+    p1, r1 = enc.reconstruct(w.pitch, w.rhythm)
+    g = enc.decode(enc.model.encode(torch.from_numpy(w.pitch), torch.from_numpy(w.rhythm))[0].detach().numpy())
+    np.testing.assert_array_equal(p1, g[0])
+    p4, r4 = enc.reconstruct(w.pitch, w.rhythm, beam=4)
+    assert p4.shape == w.pitch.shape and r4.shape == w.rhythm.shape
+    np.testing.assert_array_equal(p4, enc.reconstruct(w.pitch, w.rhythm, beam=4)[0])
+    with pytest.raises(ConfigError, match="beam must be"):
+        enc.reconstruct(w.pitch, w.rhythm, beam=0)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ModelVersionError
+from ..errors import ConfigError, ModelVersionError
 from ..fingerprint.melody import Melody
 from ..fingerprint.windows import (
     PITCH_PAD,
@@ -207,18 +207,27 @@ class Encoder:
         return Embedding(self.embed_tokens(w.pitch, w.rhythm), w)
 
     @torch.no_grad()
-    def decode(self, z: np.ndarray, *, temperature: float = 0.0, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens ``(n, L)`` decoded from latents ``(n, d)``; greedy at temperature 0."""
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        p, r = self.model.sample_tokens(torch.as_tensor(z, dtype=torch.float32), temperature=temperature, generator=g)
+    def decode(
+        self, z: np.ndarray, *, temperature: float = 0.0, seed: int | None = None, beam: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens ``(n, L)`` decoded from latents ``(n, d)``: sampled at ``temperature`` > 0; at
+        temperature 0 greedy (``beam=1``) or the most probable window a beam search finds."""
+        if beam < 1:
+            raise ConfigError(f"beam must be >= 1; got {beam}")
+        zt = torch.as_tensor(z, dtype=torch.float32)
+        if temperature <= 0 and beam > 1:
+            p, r = self.model.beam_tokens(zt, beam=beam)
+        else:
+            g = torch.Generator().manual_seed(seed) if seed is not None else None
+            p, r = self.model.sample_tokens(zt, temperature=temperature, generator=g)
         return p.numpy(), r.numpy()
 
     @torch.no_grad()
-    def reconstruct(self, pitch: np.ndarray, rhythm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Greedy reconstruction from the posterior mean."""
+    def reconstruct(self, pitch: np.ndarray, rhythm: np.ndarray, *, beam: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstruction from the posterior mean: greedy (``beam=1``) or the most probable
+        window found by a beam search of that width."""
         mu, _ = self.model.encode(torch.from_numpy(pitch), torch.from_numpy(rhythm))
-        p, r = self.model.sample_tokens(mu, temperature=0.0)
-        return p.numpy(), r.numpy()
+        return self.decode(mu.numpy(), beam=beam)
 
 
 def fingerprint_digest(model: MelodyVAE) -> str:

@@ -76,8 +76,11 @@ def sample_melodies(
     return [_assemble(pitch[i], rhythm[i], bars=bars, ref_pitch=ref_pitch) for i in range(n)]
 
 
-def interpolate(encoder: Encoder, a: Melody, b: Melody, *, steps: int = 5, ref_pitch: int = 67) -> list[Melody]:
-    """Melodies decoded along the spherical path between the first windows of ``a`` and ``b``."""
+def interpolate(
+    encoder: Encoder, a: Melody, b: Melody, *, steps: int = 5, ref_pitch: int = 67, beam: int = 4
+) -> list[Melody]:
+    """Melodies decoded along the spherical path between the first windows of ``a`` and ``b``
+    (each the most probable window a beam search of width ``beam`` finds)."""
     if steps < 2:
         raise InvalidInputError(f"steps must be >= 2; got {steps}")
     import torch
@@ -96,7 +99,7 @@ def interpolate(encoder: Encoder, a: Melody, b: Melody, *, steps: int = 5, ref_p
             z = (1 - t) * u + t * v
         else:
             z = (np.sin((1 - t) * omega) * u + np.sin(t * omega) * v) / np.sin(omega)
-        p, r = encoder.decode(z[None].astype(np.float32), temperature=0.0)
+        p, r = encoder.decode(z[None].astype(np.float32), beam=beam)
         out.append(_assemble(p, r, bars=None, ref_pitch=ref_pitch))
     return out
 

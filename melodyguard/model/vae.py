@@ -165,3 +165,33 @@ class MelodyVAE(nn.Module):
             prev_p = torch.cat([prev_p, p], 1)
             prev_r = torch.cat([prev_r, r], 1)
         return prev_p[:, 1:], prev_r[:, 1:]
+
+    @torch.no_grad()
+    def beam_tokens(self, z: torch.Tensor, *, beam: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most probable windows given ``z`` by beam search over joint (pitch, rhythm) steps;
+        ``beam=1`` is greedy decoding."""
+        B = z.shape[0]
+        L = self.config.window_length
+        K = max(1, int(beam))
+        zz = z.repeat_interleave(K, 0)
+        prev_p = torch.full((B * K, 1), PITCH_PAD, dtype=torch.long)
+        prev_r = torch.full((B * K, 1), RHYTHM_PAD, dtype=torch.long)
+        score = torch.full((B, K), float("-inf"))
+        score[:, 0] = 0.0  # all beams start equal: keep one so that they do not repeat
+        rows = torch.arange(B).unsqueeze(1) * K
+        for _ in range(L):
+            h = self._decode_inputs(zz, prev_p, prev_r)[:, -1]
+            lp = torch.log_softmax(self.out_pitch(h), -1)
+            lr = torch.log_softmax(self.out_rhythm(h), -1)
+            lp[:, PITCH_PAD] = float("-inf")  # never emit padding
+            lr[:, RHYTHM_PAD] = float("-inf")
+            n_r = lr.shape[1]
+            joint = (lp.unsqueeze(2) + lr.unsqueeze(1)).view(B, K, -1) + score.unsqueeze(2)
+            score, flat = joint.view(B, -1).topk(K, dim=1)
+            src = (rows + flat // joint.shape[2]).view(-1)
+            tok = flat % joint.shape[2]
+            prev_p = torch.cat([prev_p[src], (tok // n_r).view(-1, 1)], 1)
+            prev_r = torch.cat([prev_r[src], (tok % n_r).view(-1, 1)], 1)
+        best = rows.squeeze(1)  # topk is sorted: beam 0 holds the best of each row
+        return prev_p[best, 1:], prev_r[best, 1:]
+
