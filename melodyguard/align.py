@@ -18,7 +18,18 @@ otherwise                               -3.0
 IOI within 2^0.3 after tempo ratio      +0.3 x note weight
 otherwise                               -0.7
 gap (an inserted or dropped note)       -2.0
+an ornamented note (see below)          pitch + rhythm - 1.0
 =====================================  ======================
+
+**Ornaments.** A note matched with two notes on the other side, one of which is a short
+neighbour, passing or split note (no longer than its principal note and at most 2 semitones
+from it) that takes part of the principal note's time: the principal note must have the same
+pitch, and its rhythm is judged on the two notes' joint IOI. This costs 1.0 instead of a gap
+and an off-beat (-2.0 - 0.7). It works in both directions: an ornamented copy of a plain tune
+and a plain copy of an ornamented one. Only the principal note is paired in the alignment.
+``scripts/calibrate.py --ornament-search`` chose the cost and the interval on the training
+split (true-positive rate at a per-pair E of 1e-6: partial light copies 0.68 -> 0.77, whole
+heavy 0.84 -> 0.93); ``ornament_interval=-1`` turns the move off.
 
 The note weight (:func:`note_weights`) is how surprising the note is: steps and repeated notes,
 which unrelated tunes share all the time, weigh less than leaps and rare rhythms.
@@ -60,12 +71,40 @@ def _pair_score(qp, ql, rp, rl, t, logr, wq, wr, prm):  # pragma: no cover - num
     return s
 
 
+@njit(cache=True, inline="always")
+def _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm):  # pragma: no cover - numba
+    """Best score of one note matched with an ornamented note of the same pitch on the other
+    side (two notes, one of them a short neighbour, passing or split note whose time it shares),
+    for the DP cell (i, j) (1-based): query notes i-2, i-1 with reference note j-1 (``kind``
+    4/5: the query's principal note first/second), or reference notes j-2, j-1 with query
+    note i-1 (6/7). Returns (score, kind); kind 0 when no such move exists."""
+    best, kind = -1e18, 0
+    if i >= 2:
+        a = i - 2
+        for c in range(2):
+            if q_ok[a, c] and qp[a + c] + t == rp[j - 1]:
+                w = 0.5 * (wq[a + c] + wr[j - 1])
+                v = prm[0] * w + (prm[4] * w if abs(q_ml[a] + logr - rl[j - 1]) < prm[7] else prm[5])
+                if v > best:
+                    best, kind = v, 4 + c
+    if j >= 2:
+        b = j - 2
+        for c in range(2):
+            if r_ok[b, c] and qp[i - 1] + t == rp[b + c]:
+                w = 0.5 * (wq[i - 1] + wr[b + c])
+                v = prm[0] * w + (prm[4] * w if abs(ql[i - 1] + logr - r_ml[b]) < prm[7] else prm[5])
+                if v > best:
+                    best, kind = v, 6 + c
+    return best + prm[8], kind
+
+
 @njit(cache=True)
-def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pragma: no cover - numba
+def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, q_ml, q_ok, r_ml, r_ok, prm):  # pragma: no cover - numba
     gap = prm[6]
     n, m = qp.shape[0], rp.shape[0]
     H = np.zeros((n + 1, m + 1))
-    T = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 stop, 1 diag, 2 up (gap in ref), 3 left
+    # 0 stop, 1 diag, 2 up (gap in ref), 3 left; 4-7 an ornamented note (see _merge_score)
+    T = np.zeros((n + 1, m + 1), dtype=np.int8)
     best, bi, bj = 0.0, 0, 0
     for i in range(1, n + 1):
         if blocked_q[i - 1]:
@@ -84,6 +123,13 @@ def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pr
                 h, tr = u, 2
             if lft > h:
                 h, tr = lft, 3
+            ms, kind = _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
+            if kind >= 6:
+                if not blocked_r[j - 2] and H[i - 1, j - 2] + ms > h:
+                    h, tr = H[i - 1, j - 2] + ms, kind
+            elif kind >= 4:
+                if not blocked_q[i - 2] and H[i - 2, j - 1] + ms > h:
+                    h, tr = H[i - 2, j - 1] + ms, kind
             H[i, j] = h
             T[i, j] = tr
             if h > best:
@@ -103,24 +149,38 @@ def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, prm):  # pr
             j -= 1
         elif tr == 2:
             i -= 1
-        else:
+        elif tr == 3:
             j -= 1
+        elif tr <= 5:  # two query notes, one reference note: the principal note is paired
+            pairs_q[k] = i - 2 + (tr - 4)
+            pairs_r[k] = j - 1
+            k += 1
+            i -= 2
+            j -= 1
+        else:
+            pairs_q[k] = i - 1
+            pairs_r[k] = j - 2 + (tr - 6)
+            k += 1
+            i -= 1
+            j -= 2
     return best, pairs_q[:k][::-1].copy(), pairs_r[:k][::-1].copy()
 
 
 @njit(cache=True)
-def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, prm):  # pragma: no cover - numba
+def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, q_ml, q_ok, r_ml, r_ok, prm):  # pragma: no cover - numba
     """The best local score of :func:`_sw_notes` (nothing blocked) for each (t, logr) pair,
     in linear memory and without traceback: the same arithmetic, so the same numbers."""
     gap = prm[6]
     n, m = qp.shape[0], rp.shape[0]
     out = np.zeros(ts.shape[0])
+    prev2 = np.zeros(m + 1)
     prev = np.zeros(m + 1)
     cur = np.zeros(m + 1)
     for k in range(ts.shape[0]):
         t, logr = ts[k], logrs[k]
         for j in range(m + 1):
             prev[j] = 0.0
+            prev2[j] = 0.0
         best = 0.0
         for i in range(1, n + 1):
             cur[0] = 0.0
@@ -136,13 +196,44 @@ def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, prm):  # pragma: no cover - nu
                     h = u
                 if lft > h:
                     h = lft
+                ms, kind = _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
+                if kind >= 6:
+                    if prev[j - 2] + ms > h:
+                        h = prev[j - 2] + ms
+                elif kind >= 4:
+                    if prev2[j - 1] + ms > h:
+                        h = prev2[j - 1] + ms
                 cur[j] = h
                 if h > best:
                     best = h
             for j in range(m + 1):
+                prev2[j] = prev[j]
                 prev[j] = cur[j]
         out[k] = best
     return out
+
+
+@njit(cache=True)
+def _ornament_arrays(pitch, log_ioi, interval):  # pragma: no cover - numba
+    n = pitch.shape[0]
+    ml = np.zeros(max(n - 1, 1))
+    ok = np.zeros((max(n - 1, 1), 2), dtype=np.bool_)
+    if interval < 0:
+        return ml, ok
+    for a in range(n - 1):
+        x, y = 2.0 ** log_ioi[a], 2.0 ** log_ioi[a + 1]
+        ml[a] = np.log2(x + y)
+        if abs(pitch[a + 1] - pitch[a]) <= interval:
+            ok[a, 0] = y <= x + 1e-9
+            ok[a, 1] = x <= y + 1e-9
+    return ml, ok
+
+
+def _ornaments(pitch: np.ndarray, log_ioi: np.ndarray, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
+    """For each adjacent note pair (a, a+1): the merged log2 IOI, and whether a+1 (column 0)
+    or a (column 1) may be an ornament of the other: no longer than it and at most
+    ``scoring.ornament_interval`` semitones away. All False when ornaments are off."""
+    return _ornament_arrays(pitch, log_ioi, int(scoring.ornament_interval))
 
 
 @njit(cache=True)
@@ -198,10 +289,14 @@ class Scoring:
     gap: float = -2.0
     rhythm_tolerance: float = 0.3  # log2 units
     weighted: bool = True
+    #: added to the score of a note matched with an ornamented note (see the module docstring)
+    ornament: float = -1.0
+    #: how far (semitones) an ornament may lie from its principal note; -1 turns ornaments off
+    ornament_interval: int = 2
 
     def array(self) -> np.ndarray:
         return np.array([self.equal, self.octave, self.near, self.other, self.rhythm_hit, self.rhythm_miss,
-                         self.gap, self.rhythm_tolerance], dtype=np.float64)
+                         self.gap, self.rhythm_tolerance, self.ornament], dtype=np.float64)
 
 
 DEFAULT_SCORING = Scoring()
@@ -253,9 +348,11 @@ def align_notes(
     wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
     wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
     prm = scoring.array()
+    q_ml, q_ok = _ornaments(qp, ql, scoring)
+    r_ml, r_ok = _ornaments(rp, rl, scoring)
     out: list[Alignment] = []
     for _ in range(max_segments):
-        score, iq, ir = _sw_notes(qp, ql, rp, rl, int(transposition), logr, bq, br, wq, wr, prm)
+        score, iq, ir = _sw_notes(qp, ql, rp, rl, int(transposition), logr, bq, br, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
         if score < (min_score if out else 0.0) or iq.size == 0:
             break
         out.append(Alignment(float(score), iq, ir, int(transposition), logr))
@@ -289,7 +386,9 @@ def best_scores(
     use_w = scoring.weighted
     wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
     wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
-    return np.asarray(_sw_scores(qp, ql, rp, rl, ts, lr, wq, wr, scoring.array()))
+    q_ml, q_ok = _ornaments(qp, ql, scoring)
+    r_ml, r_ok = _ornaments(rp, rl, scoring)
+    return np.asarray(_sw_scores(qp, ql, rp, rl, ts, lr, wq, wr, q_ml, q_ok, r_ml, r_ok, scoring.array()))
 
 
 def note_weights(pitch: np.ndarray, ioi: np.ndarray, background: dict | None) -> np.ndarray:

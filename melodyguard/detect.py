@@ -221,20 +221,21 @@ def check_melody(
     v = (s_all - config.min_sim) * weight
     trans_all = table.ref_pitch[r_all] - qw.ref_pitch[qi_all]
     ratio_all = table.median_ioi[r_all] / np.maximum(qw.median_ioi_beats[qi_all], 1e-6)
-    votes: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
-    for db in (-1, 0, 1):
-        keys = w_all * 1_000_003 + (b + db + 500_000)
-        uk, inv = np.unique(keys, return_inverse=True)
-        tot = np.bincount(inv, weights=v)
-        for k, t in zip(uk.tolist(), tot.tolist()):
-            votes[k // 1_000_003][k % 1_000_003] += t
+    # Sum each work's votes per offset bin (each hit also counts for the neighbouring bins);
+    # a work's vote is its best bin's. Ties go to the lower work id and the lower bin.
+    keys = np.concatenate([w_all * 1_000_003 + (b + db + 500_000) for db in (-1, 0, 1)])
+    uk, inv = np.unique(keys, return_inverse=True)
+    tot = np.bincount(inv, weights=np.tile(v, 3)) if uk.size else np.zeros(0)
+    uw, ubin = uk // 1_000_003, uk % 1_000_003 - 500_000
+    order = np.lexsort((ubin, -tot, uw))  # per work: best bin first
+    head = order[np.r_[True, uw[order][1:] != uw[order][:-1]]] if order.size else order
+    head = head[np.lexsort((uw[head], -tot[head]))][: config.max_candidates]
+    ranked = uw[head].tolist()
     hits: dict[int, np.ndarray] = {}
-    ranked = sorted(votes, key=lambda w: -max(votes[w].values()))[: config.max_candidates]
-    for w in ranked:
+    for w, best_bin in zip(ranked, ubin[head].tolist()):
         # Transposition and tempo come from the hits of the winning offset (the temporally
         # consistent ones), not from every hit of the work: in a small catalogue a work also
         # collects stray hits at other offsets, whose tempo ratios would skew the estimate.
-        best_bin = max(votes[w], key=lambda k: votes[w][k]) - 500_000
         sel = (w_all == w) & (np.abs(b - best_bin) <= 1)
         if not sel.any():
             sel = w_all == w
@@ -257,8 +258,8 @@ def check_melody(
         vi = note_iois(vm.onsets_beats, vm.durations_beats)
         q_side.append((vm, vmap, vi, note_weights(vm.pitches, vi, background)))
         q_keys.append(shift_keys(vm.pitches, vi))
-    scored: list[tuple[Any, ...]] = []
-    for w in ranked:
+    shifted: list[tuple[Any, ...]] = []  # (E at the best shift, candidate rank, work, ...)
+    for rank, w in enumerate(ranked):
         hw = hits[w]
         trans_w: dict[int, float] = defaultdict(float)
         for tr, sv in zip(hw[:, 0].astype(int).tolist(), hw[:, 1].tolist()):
@@ -291,8 +292,16 @@ def check_melody(
                 best_e, best_v = e_v, v
                 best_pair = pairs[k]
                 view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi, wq, wr)
-        if not np.isfinite(best_e):
-            continue
+        if np.isfinite(best_e):
+            shifted.append((best_e, rank, w, ref, best_pair, view_notes, best_v))
+    # Align (traceback, further segments) in order of the E-value at the best shift, a lower
+    # bound of the final one (stock material and too few equal notes only raise it): once the
+    # reported matches are all better than the next bound, no later candidate can displace one.
+    shifted.sort(key=lambda x: (x[0], x[1]))
+    scored: list[tuple[Any, ...]] = []
+    for best_e, rank, w, ref, best_pair, view_notes, best_v in shifted:
+        if len(scored) >= config.max_matches and sorted(x[0] for x in scored)[config.max_matches - 1] < best_e:
+            break
         qm, qmap, q_ioi, rm, rmap, r_ioi, wq, wr = view_notes
         best_al = align_notes(qm.pitches, q_ioi, rm.pitches, r_ioi, transposition=best_pair[0],
                               tempo_ratio=best_pair[1], max_segments=config.max_segments, q_weight=wq, r_weight=wr,
@@ -310,10 +319,11 @@ def check_melody(
         e = best_e * (1.0 + similar / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:
             e = max(e, 1.0)
-        scored.append((e, w, ref, best_al, view_main, view_notes, similar, best_v))
-    # Only the best few are written up (evidence, spans, work records).
-    scored.sort(key=lambda x: x[0])  # stable: equal E-values keep the candidates' order
-    matches = [_match_entry(melody, catalogue, *x, config=config) for x in scored[: config.max_matches]]
+        scored.append((e, rank, w, ref, best_al, view_main, view_notes, similar, best_v))
+    # Only the best few are written up (evidence, spans, work records); equal E-values keep the
+    # candidates' order.
+    scored.sort(key=lambda x: (x[0], x[1]))
+    matches = [_match_entry(melody, catalogue, x[0], *x[2:], config=config) for x in scored[: config.max_matches]]
     for m in matches:
         m["verdict"] = _verdict(m["evalue"], config)
         del m["evalue"]

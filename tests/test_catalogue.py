@@ -377,6 +377,42 @@ def test_best_scores_equal_the_first_alignment_at_each_shift(rng):
     assert best_scores(q, qi, p, ri, shifts=[]).size == 0
 
 
+def test_ornamented_notes_align_with_their_principal_notes(rng):
+    """A neighbour note that takes part of its principal note's time costs less than a gap and
+    an off-beat: the principal note is paired with the original, and the score stays higher
+    than without the ornament move, whichever side carries the ornaments."""
+    import dataclasses
+
+    from melodyguard.align import DEFAULT_SCORING, align_notes, best_scores, note_iois
+
+    off = dataclasses.replace(DEFAULT_SCORING, ornament_interval=-1)
+    for _ in range(4):
+        p, o, d = random_melody(rng, 30)
+        ioi = note_iois(o, d)
+        at = sorted(rng.choice(np.arange(2, 28), size=4, replace=False).tolist())
+        qp, qi, principal = [], [], []
+        for k in range(p.size):
+            if k in at:  # a neighbour a step away, a quarter of the note's time, before it
+                qp.append(int(p[k] + rng.choice([-2, -1, 1, 2])))
+                qi.append(ioi[k] / 4)
+                qi_k = ioi[k] * 3 / 4
+            else:
+                qi_k = ioi[k]
+            principal.append(len(qp))
+            qp.append(int(p[k]))
+            qi.append(qi_k)
+        qp, qi = np.asarray(qp), np.asarray(qi)
+        for a, ai, b, bi, pairs in ((qp, qi, p, ioi, "query"), (p, ioi, qp, qi, "reference")):
+            al = align_notes(a, ai, b, bi, transposition=0, tempo_ratio=1.0, max_segments=1)[0]
+            plain = align_notes(a, ai, b, bi, transposition=0, tempo_ratio=1.0, max_segments=1, scoring=off)[0]
+            assert al.score > plain.score + 2.0
+            assert best_scores(a, ai, b, bi, shifts=[(0, 1.0), (1, 1.0)])[0] == al.score
+            orn_side, plain_side = (al.query_idx, al.ref_idx) if pairs == "query" else (al.ref_idx, al.query_idx)
+            # every matched note of the plain melody is paired with its own principal note
+            assert np.array_equal(orn_side, np.asarray(principal)[plain_side])
+            assert al.n_pairs >= 28
+
+
 def test_benchmark_counts_tied_works_as_a_random_order():
     """recall@1 / MRR of the benchmark: a source tied with t works scores 1/t and the mean
     reciprocal rank over the tied positions; works strictly better push it down."""
