@@ -457,6 +457,43 @@ def test_figure_index_finds_a_short_lifted_phrase(rng):
     assert FigureIndex().candidates(q) == []
 
 
+def test_figure_index_is_saved_and_reloaded_without_parsing(shipped_encoder, tmp_path, rng, monkeypatch):
+    import melodyguard.index.store as store
+    from melodyguard.index.store import Catalogue
+
+    srcs = [random_melody(rng, 48) for _ in range(10)]
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    works = cat.add_melodies([{"melody": Melody.from_notes(*m), "sha256": f"{i:064d}"} for i, m in enumerate(srcs)])
+    q = _lifted(rng, srcs[4], random_melody(rng, 40), at=15, n=14, up=2, pace=1.25)
+    want = cat.figures().candidates(q, top=3)
+    assert want[0] == works[4].id and (tmp_path / "c" / "index" / "figures.npz").is_file()
+    cat.close()
+
+    def no_parsing(*a, **k):
+        raise AssertionError("a saved work's melody was parsed again")
+
+    with monkeypatch.context() as mp:  # a new process reads the saved figures, parses nothing
+        mp.setattr(store, "_melody_from_json", no_parsing)
+        again = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+        assert again.figures().candidates(q, top=3) == want
+        again.close()
+    # A removal by another process: the saved work is dropped on load, the file brought up to date.
+    other = Catalogue(tmp_path / "c", encoder=shipped_encoder, persist_index=False)
+    other.remove(works[4].id)
+    other.close()
+    third = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    assert works[4].id not in third.figures().candidates(q, top=3) and len(third.figures()) == 9
+    third.close()
+    # A corrupt file is ignored and rebuilt from SQLite.
+    (tmp_path / "c" / "index" / "figures.npz").write_bytes(b"not a zip")
+    fourth = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    assert len(fourth.figures()) == 9 and fourth.figures().candidates(q, top=3)[0] != works[4].id
+    fourth.close()
+    from melodyguard.index.figures import FigureIndex
+
+    assert len(FigureIndex.load(tmp_path / "c" / "index")) == 9
+
+
 def test_detection_verifies_figure_candidates_and_keeps_them_current(shipped_encoder, tmp_path, rng):
     from melodyguard.detect import DetectConfig, check_melody
     from melodyguard.index.store import Catalogue

@@ -10,19 +10,30 @@ found in more than ``max_df`` of the works, and in more than two, are stock mate
 not vote).
 
 The index lives in memory beside the FAISS index and is derived from the catalogue's melodies:
-per-work figure arrays are kept, so a catalogue change only parses the works added.
+per-work figure arrays are kept, so a catalogue change only parses the works added. It is saved
+beside the FAISS index (``index/figures.npz`` and a manifest with its format version and
+checksum, written atomically), so that a new process does not parse every melody again; a
+missing, corrupt or outdated file is ignored and the index rebuilt from SQLite. Work ids are
+never reused and melodies never change, so a saved work's figures stay valid; works removed
+since are dropped on load.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
 from ..align import note_iois, shift_keys
 from ..fingerprint.melody import Melody
 
-__all__ = ["FigureIndex"]
+__all__ = ["FIGURES_FORMAT_VERSION", "FigureIndex"]
+
+#: Bumped whenever the figure keys (:func:`melodyguard.align.shift_keys`) or the file change.
+FIGURES_FORMAT_VERSION = 1
 
 _CODE_WORK = 10**11  # work id * this + (transposition, tempo, diagonal) code
 
@@ -59,6 +70,53 @@ class FigureIndex:
         for w in work_ids:
             if self._works.pop(int(w), None) is not None:
                 self._dirty = True
+
+    def save(self, folder: Path) -> None:
+        """Write ``folder/figures.npz`` and its manifest atomically (temp files, then rename)."""
+        from ..model.encoder import sha256_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = sorted(self._works)
+        parts = [self._works[w] for w in ids]
+        tmp = folder / f"figures.npz.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                work_ids=np.asarray(ids, np.int64),
+                lengths=np.asarray([len(k) for k, _, _ in parts], np.int64),
+                keys=np.concatenate([k for k, _, _ in parts]) if parts else np.zeros(0, np.int64),
+                pitch=np.concatenate([p for _, p, _ in parts]) if parts else np.zeros(0, np.int64),
+                log_ioi=np.concatenate([lg for _, _, lg in parts]) if parts else np.zeros(0, np.float64),
+            )
+        manifest = {"format_version": FIGURES_FORMAT_VERSION, "works": len(ids), "sha256": sha256_file(tmp)}
+        mtmp = folder / f"figures.manifest.json.tmp{os.getpid()}"
+        mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.replace(tmp, folder / "figures.npz")
+        os.replace(mtmp, folder / "figures.manifest.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> FigureIndex | None:
+        """The index saved in ``folder``, or None when it is missing, corrupt or of another format."""
+        from ..model.encoder import sha256_file
+
+        try:
+            manifest = json.loads((folder / "figures.manifest.json").read_text())
+            if manifest.get("format_version") != FIGURES_FORMAT_VERSION:
+                return None
+            if sha256_file(folder / "figures.npz") != manifest.get("sha256"):
+                return None  # corrupt, or a writer replaced it between our two reads
+            with np.load(folder / "figures.npz") as z:
+                ids, lengths = z["work_ids"], z["lengths"]
+                keys, pitch, log_ioi = z["keys"], z["pitch"], z["log_ioi"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if len(ids) != len(lengths) or int(lengths.sum()) != len(keys) or not len(keys) == len(pitch) == len(log_ioi):
+            return None
+        out = cls()
+        ends = np.cumsum(lengths)
+        for w, e, n in zip(ids.tolist(), ends.tolist(), lengths.tolist()):
+            out._works[int(w)] = (keys[e - n:e], pitch[e - n:e], log_ioi[e - n:e])
+        return out
 
     def _build(self) -> None:
         if not self._dirty:

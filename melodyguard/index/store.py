@@ -5,6 +5,8 @@ Layout of a catalogue directory::
     catalogue.sqlite        works, melodies, windows and their vectors (WAL mode)
     index/index.faiss       FAISS index derived from the windows table
     index/index.manifest.json
+    index/figures.npz       3-note figures of every work (detection's second candidate source)
+    index/figures.manifest.json
 
 Every ``add`` is one SQLite transaction (work, melody, windows, vectors and the generation
 counter together), so a ``kill -9`` leaves either the whole work or nothing; running ``add``
@@ -482,14 +484,19 @@ class Catalogue:
             return idx, table
 
     def _save_index(self, folder: Path) -> None:
+        assert self._index is not None
+        index = self._index
+        self._locked_save(folder, lambda: index.save(folder))
+
+    @staticmethod
+    def _locked_save(folder: Path, save: Any) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "lock", "w") as lf:
             try:
                 fcntl.flock(lf, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 return  # another process is saving; it will be brought up to date next open
-            assert self._index is not None
-            self._index.save(folder)
+            save()
 
     def rebuild_index(self, *, kind: str | None = None) -> VectorIndex:
         with self._index_lock:
@@ -510,17 +517,24 @@ class Catalogue:
         return self._total_notes
 
     def figures(self) -> FigureIndex:
-        """The in-memory index of the works' 3-note figures, brought up to date with SQLite
-        (only works added since the last call are parsed; see :mod:`.figures`)."""
+        """The index of the works' 3-note figures, brought up to date with SQLite: loaded from
+        ``index/figures.npz`` on first use, then only works added since are parsed (see
+        :mod:`.figures`)."""
         with self._index_lock:
             gen = self.generation()
             if self._figures_gen == gen:
                 return self._figures
+            folder = self.path / "index"
+            loaded = False
+            if self._figures_gen == -1:
+                saved = FigureIndex.load(folder)
+                if saved is not None:
+                    self._figures, loaded = saved, True
             con = self._con()
             ids = {int(r[0]) for r in con.execute("SELECT id FROM works")}
             have = self._figures.work_ids()
-            self._figures.remove(have - ids)
-            new = sorted(ids - have)
+            gone, new = have - ids, sorted(ids - have)
+            self._figures.remove(gone)
             for b in range(0, len(new), 500):
                 chunk = new[b:b + 500]
                 rows = con.execute(
@@ -528,6 +542,8 @@ class Catalogue:
                 ).fetchall()
                 self._figures.add((int(w), _melody_from_json(d, {})) for w, d in rows)
             self._figures_gen = gen
+            if self.persist_index and (gone or new or not loaded):
+                self._locked_save(folder, lambda: self._figures.save(folder))
             return self._figures
 
     def close(self) -> None:
