@@ -459,6 +459,7 @@ def test_figure_index_finds_a_short_lifted_phrase(rng):
 
 def test_figure_index_is_saved_and_reloaded_without_parsing(shipped_encoder, tmp_path, rng, monkeypatch):
     import melodyguard.index.store as store
+    from melodyguard.index.figures import FigureIndex
     from melodyguard.index.store import Catalogue
 
     srcs = [random_melody(rng, 48) for _ in range(10)]
@@ -483,14 +484,17 @@ def test_figure_index_is_saved_and_reloaded_without_parsing(shipped_encoder, tmp
     other.close()
     third = Catalogue(tmp_path / "c", encoder=shipped_encoder)
     assert works[4].id not in third.figures().candidates(q, top=3) and len(third.figures()) == 9
+    fresh = FigureIndex()
+    fresh.add((w.id, Melody.from_notes(*m)) for w, m in zip(works, srcs) if w.id != works[4].id)
+    q6 = _lifted(rng, srcs[6], random_melody(rng, 40), at=10, n=14, up=-1, pace=0.5)
+    assert third.figures().candidates(q6, top=5) == fresh.candidates(q6, top=5)
+    assert third.figures().candidates(q6, top=1) == [works[6].id]
     third.close()
     # A corrupt file is ignored and rebuilt from SQLite.
     (tmp_path / "c" / "index" / "figures.npz").write_bytes(b"not a zip")
     fourth = Catalogue(tmp_path / "c", encoder=shipped_encoder)
     assert len(fourth.figures()) == 9 and fourth.figures().candidates(q, top=3)[0] != works[4].id
     fourth.close()
-    from melodyguard.index.figures import FigureIndex
-
     assert len(FigureIndex.load(tmp_path / "c" / "index")) == 9
 
 

@@ -42,7 +42,10 @@ class FigureIndex:
     """Sorted postings of every catalogue work's 3-note figures (notes as written)."""
 
     def __init__(self) -> None:
-        self._works: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        #: per work: (figure keys, pitch and log2 IOI of each figure's first note), in note
+        #: order; None after :meth:`load` until a change needs it (rebuilt from the postings)
+        self._works: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = {}
+        self._ids: set[int] = set()
         self._dirty = True
         self._keys = np.zeros(0, np.int64)
         self._work = np.zeros(0, np.int64)
@@ -53,42 +56,55 @@ class FigureIndex:
         self._df = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
-        return len(self._works)
+        return len(self._ids)
 
     def work_ids(self) -> set[int]:
-        return set(self._works)
+        return set(self._ids)
+
+    def _per_work(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if self._works is None:  # loaded: regroup the postings by work, in note order
+            order = np.lexsort((self._pos, self._work))
+            w = self._work[order]
+            cuts = np.flatnonzero(np.r_[True, w[1:] != w[:-1], True]) if w.size else np.zeros(0, np.int64)
+            works = {wid: (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)) for wid in self._ids}
+            for lo, hi in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+                idx = order[lo:hi]
+                works[int(w[lo])] = (self._keys[idx], self._pitch[idx], self._log_ioi[idx])
+            self._works = works
+        return self._works
 
     def add(self, items: Iterable[tuple[int, Melody]]) -> None:
+        works = self._per_work()
         for wid, m in items:
             ioi = note_iois(m.onsets_beats, m.durations_beats)
             k, lg = shift_keys(m.pitches, ioi)
             n = len(k)
-            self._works[int(wid)] = (k, np.asarray(m.pitches[:n], np.int64), lg[:n])
+            works[int(wid)] = (k, np.asarray(m.pitches[:n], np.int64), lg[:n])
+            self._ids.add(int(wid))
             self._dirty = True
 
     def remove(self, work_ids: Iterable[int]) -> None:
-        for w in work_ids:
-            if self._works.pop(int(w), None) is not None:
-                self._dirty = True
+        gone = {int(w) for w in work_ids} & self._ids
+        if not gone:
+            return
+        works = self._per_work()
+        for w in gone:
+            works.pop(w, None)
+        self._ids -= gone
+        self._dirty = True
 
     def save(self, folder: Path) -> None:
-        """Write ``folder/figures.npz`` and its manifest atomically (temp files, then rename)."""
+        """Write the postings to ``folder/figures.npz`` and its manifest atomically (temp
+        files, then rename), so that loading needs neither parsing nor sorting."""
         from ..model.encoder import sha256_file
 
+        self._build()
         folder.mkdir(parents=True, exist_ok=True)
-        ids = sorted(self._works)
-        parts = [self._works[w] for w in ids]
         tmp = folder / f"figures.npz.tmp{os.getpid()}"
         with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                work_ids=np.asarray(ids, np.int64),
-                lengths=np.asarray([len(k) for k, _, _ in parts], np.int64),
-                keys=np.concatenate([k for k, _, _ in parts]) if parts else np.zeros(0, np.int64),
-                pitch=np.concatenate([p for _, p, _ in parts]) if parts else np.zeros(0, np.int64),
-                log_ioi=np.concatenate([lg for _, _, lg in parts]) if parts else np.zeros(0, np.float64),
-            )
-        manifest = {"format_version": FIGURES_FORMAT_VERSION, "works": len(ids), "sha256": sha256_file(tmp)}
+            np.savez(f, work_ids=np.asarray(sorted(self._ids), np.int64), keys=self._keys, work=self._work,
+                     pitch=self._pitch, log_ioi=self._log_ioi, pos=self._pos, df_keys=self._df_keys, df=self._df)
+        manifest = {"format_version": FIGURES_FORMAT_VERSION, "works": len(self._ids), "sha256": sha256_file(tmp)}
         mtmp = folder / f"figures.manifest.json.tmp{os.getpid()}"
         mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         os.replace(tmp, folder / "figures.npz")
@@ -106,22 +122,25 @@ class FigureIndex:
             if sha256_file(folder / "figures.npz") != manifest.get("sha256"):
                 return None  # corrupt, or a writer replaced it between our two reads
             with np.load(folder / "figures.npz") as z:
-                ids, lengths = z["work_ids"], z["lengths"]
-                keys, pitch, log_ioi = z["keys"], z["pitch"], z["log_ioi"]
+                arrays = {k: z[k] for k in ("work_ids", "keys", "work", "pitch", "log_ioi", "pos", "df_keys", "df")}
         except (OSError, ValueError, KeyError):
             return None
-        if len(ids) != len(lengths) or int(lengths.sum()) != len(keys) or not len(keys) == len(pitch) == len(log_ioi):
+        n = len(arrays["keys"])
+        if any(len(arrays[k]) != n for k in ("work", "pitch", "log_ioi", "pos")) or len(arrays["df"]) != len(arrays["df_keys"]):
             return None
         out = cls()
-        ends = np.cumsum(lengths)
-        for w, e, n in zip(ids.tolist(), ends.tolist(), lengths.tolist()):
-            out._works[int(w)] = (keys[e - n:e], pitch[e - n:e], log_ioi[e - n:e])
+        out._ids = {int(w) for w in arrays["work_ids"].tolist()}
+        out._works = None
+        out._keys, out._work, out._pitch = arrays["keys"], arrays["work"], arrays["pitch"]
+        out._log_ioi, out._pos = arrays["log_ioi"], arrays["pos"]
+        out._df_keys, out._df = arrays["df_keys"], arrays["df"]
+        out._dirty = False
         return out
 
     def _build(self) -> None:
         if not self._dirty:
             return
-        parts = [(w, k, p, lg) for w, (k, p, lg) in self._works.items() if len(k)]
+        parts = [(w, k, p, lg) for w, (k, p, lg) in self._per_work().items() if len(k)]
         if parts:
             keys = np.concatenate([k for _, k, _, _ in parts])
             order = np.argsort(keys, kind="stable")
@@ -149,7 +168,7 @@ class FigureIndex:
     ) -> list[int]:
         """The ``top`` works whose shared figures best agree on one key, pace and offset."""
         self._build()
-        n_works = len(self._works)
+        n_works = len(self._ids)
         if top < 1 or n_works == 0:
             return []
         ioi = note_iois(melody.onsets_beats, melody.durations_beats)
