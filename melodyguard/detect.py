@@ -13,7 +13,10 @@ Conventions
    (:func:`melodyguard.align.align_notes`), at the transpositions and tempo ratio the hits
    agree on, and at the one that the 3-note figures shared by query and candidate vote for
    (:func:`melodyguard.align.estimate_shift`; a lifted phrase re-paced to its new song gives
-   too few window hits to say). The alignment gives the matched passage(s). Audio queries are
+   too few window hits to say). An ornament that takes part of its principal note's time is
+   matched as that note (see :mod:`melodyguard.align`). Only candidates that can still be
+   among the reported matches are aligned with traceback: the score at the best shift bounds
+   the final E-value from below. The alignment gives the matched passage(s). Audio queries are
    also aligned with repeated notes joined on both sides (``matched_as: repeats_joined``).
 4. **Score.** Local alignment scores of unrelated melodies follow an extreme-value (Gumbel)
    law, as in BLAST. With ``lambda`` and ``K`` fitted on unrelated training-split melodies
