@@ -73,29 +73,30 @@ def _pair_score(qp, ql, rp, rl, t, logr, wq, wr, prm):  # pragma: no cover - num
 
 @njit(cache=True, inline="always")
 def _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm):  # pragma: no cover - numba
-    """Best score of one note matched with an ornamented note of the same pitch on the other
-    side (two notes, one of them a short neighbour, passing or split note whose time it shares),
-    for the DP cell (i, j) (1-based): query notes i-2, i-1 with reference note j-1 (``kind``
-    4/5: the query's principal note first/second), or reference notes j-2, j-1 with query
-    note i-1 (6/7). Returns (score, kind); kind 0 when no such move exists."""
-    best, kind = -1e18, 0
+    """Scores of one note matched with an ornamented note of the same pitch on the other side
+    (two notes, one of them a short neighbour, passing or split note whose time it shares), for
+    the DP cell (i, j) (1-based). Query side: notes i-2, i-1 with reference note j-1, from cell
+    (i-2, j-1); ``q_kind`` 4/5 when the query's principal note is the first/second. Reference
+    side: notes j-2, j-1 with query note i-1, from cell (i-1, j-2); ``r_kind`` 6/7. Returns
+    (q_score, q_kind, r_score, r_kind); a kind is 0 when that move does not exist."""
+    qs, qk, rs, rk = -1e18, 0, -1e18, 0
     if i >= 2:
         a = i - 2
         for c in range(2):
             if q_ok[a, c] and qp[a + c] + t == rp[j - 1]:
                 w = 0.5 * (wq[a + c] + wr[j - 1])
                 v = prm[0] * w + (prm[4] * w if abs(q_ml[a] + logr - rl[j - 1]) < prm[7] else prm[5])
-                if v > best:
-                    best, kind = v, 4 + c
+                if v > qs:
+                    qs, qk = v, 4 + c
     if j >= 2:
         b = j - 2
         for c in range(2):
             if r_ok[b, c] and qp[i - 1] + t == rp[b + c]:
                 w = 0.5 * (wq[i - 1] + wr[b + c])
                 v = prm[0] * w + (prm[4] * w if abs(ql[i - 1] + logr - r_ml[b]) < prm[7] else prm[5])
-                if v > best:
-                    best, kind = v, 6 + c
-    return best + prm[8], kind
+                if v > rs:
+                    rs, rk = v, 6 + c
+    return qs + prm[8], qk, rs + prm[8], rk
 
 
 @njit(cache=True)
@@ -123,13 +124,11 @@ def _sw_notes(qp, ql, rp, rl, t, logr, blocked_q, blocked_r, wq, wr, q_ml, q_ok,
                 h, tr = u, 2
             if lft > h:
                 h, tr = lft, 3
-            ms, kind = _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
-            if kind >= 6:
-                if not blocked_r[j - 2] and H[i - 1, j - 2] + ms > h:
-                    h, tr = H[i - 1, j - 2] + ms, kind
-            elif kind >= 4:
-                if not blocked_q[i - 2] and H[i - 2, j - 1] + ms > h:
-                    h, tr = H[i - 2, j - 1] + ms, kind
+            qs, qk, rs, rk = _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
+            if qk and not blocked_q[i - 2] and H[i - 2, j - 1] + qs > h:
+                h, tr = H[i - 2, j - 1] + qs, qk
+            if rk and not blocked_r[j - 2] and H[i - 1, j - 2] + rs > h:
+                h, tr = H[i - 1, j - 2] + rs, rk
             H[i, j] = h
             T[i, j] = tr
             if h > best:
@@ -196,13 +195,11 @@ def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, q_ml, q_ok, r_ml, r_ok, prm): 
                     h = u
                 if lft > h:
                     h = lft
-                ms, kind = _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
-                if kind >= 6:
-                    if prev[j - 2] + ms > h:
-                        h = prev[j - 2] + ms
-                elif kind >= 4:
-                    if prev2[j - 1] + ms > h:
-                        h = prev2[j - 1] + ms
+                qs, qk, rs, rk = _merge_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
+                if qk and prev2[j - 1] + qs > h:
+                    h = prev2[j - 1] + qs
+                if rk and prev[j - 2] + rs > h:
+                    h = prev[j - 2] + rs
                 cur[j] = h
                 if h > best:
                     best = h
