@@ -83,23 +83,18 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
 
     # Reconstruction from mu (greedy, autoregressive), KL and active dimensions.
     sub = rng.choice(len(P), size=min(5000, len(P)), replace=False)
-    rp, rr = [], []
-    for i in range(0, len(sub), 1000):
-        a, b = enc.reconstruct(P[sub[i:i + 1000]], R[sub[i:i + 1000]])
-        rp.append(a)
-        rr.append(b)
-    rp, rr = np.concatenate(rp), np.concatenate(rr)
+
+    def reconstruct(beam: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = [enc.reconstruct(P[sub[i:i + 1000]], R[sub[i:i + 1000]], beam=beam) for i in range(0, len(sub), 1000)]
+        return np.concatenate([x[0] for x in parts]), np.concatenate([x[1] for x in parts])
+
+    rp, rr = reconstruct(1)
     mask = P[sub] != PITCH_PAD
     out["recon_note_accuracy"] = round(float(((rp == P[sub]) & (rr == R[sub]))[mask].mean()), 4)
     out["recon_pitch_accuracy"] = round(float((rp == P[sub])[mask].mean()), 4)
     out["recon_rhythm_accuracy"] = round(float((rr == R[sub])[mask].mean()), 4)
     # The same windows, each decoded as the most probable window a width-4 beam search finds.
-    bp, br = [], []
-    for i in range(0, len(sub), 1000):
-        a, b = enc.reconstruct(P[sub[i:i + 1000]], R[sub[i:i + 1000]], beam=4)
-        bp.append(a)
-        br.append(b)
-    bp, br = np.concatenate(bp), np.concatenate(br)
+    bp, br = reconstruct(4)
     out["recon_note_accuracy_beam4"] = round(float(((bp == P[sub]) & (br == R[sub]))[mask].mean()), 4)
     with torch.inference_mode():
         mu, logvar = enc.model.encode(torch.from_numpy(P[sub]), torch.from_numpy(R[sub]))

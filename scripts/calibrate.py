@@ -150,6 +150,20 @@ def evaluate(scoring, bg, nulls, positives):
     return lam, K, {k: float(np.mean(v)) for k, v in tpr.items()}
 
 
+def _search(candidates, bg, nulls, positives, log: list):
+    """The candidate scoring with the highest mean true-positive rate (the first of equals);
+    every candidate's figures are printed and appended to ``log``."""
+    best, chosen = -1.0, candidates[0]
+    for sc in candidates:
+        lam, K, tpr = evaluate(sc, bg, nulls, positives)
+        mean = float(np.mean(list(tpr.values())))
+        log.append({"scoring": dataclasses.asdict(sc), "lambda": lam, "K": K, "tpr": tpr, "mean_tpr": mean})
+        print(json.dumps(log[-1]), flush=True)
+        if mean > best:
+            best, chosen = mean, sc
+    return chosen
+
+
 def thresholds(a) -> int:
     """E-values of the best match of unrelated training-split tunes (1,500-work catalogue)."""
     import tempfile
@@ -240,29 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         nulls = null_pairs(tunes, 1500, rng)
         positives = positive_pairs(tunes, 100, rng)
         grid = itertools.product([-1.7, -3.0], [-0.6, -1.2], [-1.0, -2.0], [0.3, 0.7], [-0.7, -1.5], [True, False])
-        best = -1.0
-        for other, near, gap, rh, rm, weighted in grid:
-            sc = dataclasses.replace(DEFAULT_SCORING, other=other, near=near, gap=gap, rhythm_hit=rh, rhythm_miss=rm,
-                                     weighted=weighted)
-            lam, K, tpr = evaluate(sc, bg, nulls, positives)
-            mean = float(np.mean(list(tpr.values())))
-            search.append({"scoring": dataclasses.asdict(sc), "lambda": lam, "K": K, "tpr": tpr, "mean_tpr": mean})
-            print(json.dumps(search[-1]), flush=True)
-            if mean > best:
-                best, scoring = mean, sc
+        scoring = _search([dataclasses.replace(DEFAULT_SCORING, other=other, near=near, gap=gap, rhythm_hit=rh,
+                                               rhythm_miss=rm, weighted=weighted)
+                           for other, near, gap, rh, rm, weighted in grid], bg, nulls, positives, search)
     if a.ornament_search:
         nulls = null_pairs(tunes, 1500, rng)
         positives = positive_pairs(tunes, 300, rng)
-        best = -1.0
-        base = scoring
-        for orn, iv in itertools.product([-0.8, -1.0, -1.3, -1.6], [2, 4]):
-            sc = dataclasses.replace(base, ornament=orn, ornament_interval=iv)
-            lam, K, tpr = evaluate(sc, bg, nulls, positives)
-            mean = float(np.mean(list(tpr.values())))
-            search.append({"scoring": dataclasses.asdict(sc), "lambda": lam, "K": K, "tpr": tpr, "mean_tpr": mean})
-            print(json.dumps(search[-1]), flush=True)
-            if mean > best:
-                best, scoring = mean, sc
+        scoring = _search([dataclasses.replace(scoring, ornament=orn, ornament_interval=iv)
+                           for orn, iv in itertools.product([-0.8, -1.0, -1.3, -1.6], [2, 4])],
+                          bg, nulls, positives, search)
     nulls = null_pairs(tunes, a.pairs, rng)
     S = np.array([_best(q, r, qi, ri, ts, float(np.median(ri) / np.median(qi)), scoring, bg) for q, qi, r, ri, ts in nulls])
     M = np.array([len(x[0]) for x in nulls])
