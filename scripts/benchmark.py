@@ -167,7 +167,7 @@ def _partials(cat_tunes, hosts, src_idx, *, rng, kind: str) -> list[dict[str, An
             O = np.concatenate([ho[:k], start + ins_o, ho[k:] + span])
             D = np.concatenate([hd[:k], ins_d, hd[k:]])
             queries.append({"kind": kind, "level": level, "source": int(i), "melody": Melody.from_notes(P, O, D),
-                            "excerpt_notes": ln, "insert_at": k, "host": host_tune.key})
+                            "excerpt_notes": ln, "insert_at": k, "insert_len": len(ex[0]), "host": host_tune.key})
     return queries
 
 
@@ -251,7 +251,9 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
         wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
         negatives, res["negatives_dropped_as_duplicates"] = drop_near_duplicates(hosts, cat_tunes)
         decoys = [SimpleNamespace(melody=retrograde(h.melody), key="backwards:" + h.key) for h in negatives]
-        queries = make_queries(cat_tunes, hosts, n=n_queries, rng=rng, decoy_hosts=decoys)
+        # Hosts of partial copies are "unrelated melodies not in the catalogue": the negatives,
+        # near-duplicates of catalogue works dropped (looser relatives stay).
+        queries = make_queries(cat_tunes, negatives, n=n_queries, rng=rng, decoy_hosts=decoys)
         check_melody(queries[0]["melody"], cat)  # warm-up (numba compile, caches)
         lat = []
         for q in queries:
@@ -265,6 +267,13 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
             all_scores = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in rep["matches"]])
             q["r1"], q["rr"] = tie_aware(all_scores, q["score"]) if ev else (0.0, 0.0)
             q["verdict"] = rep["verdict"]
+            if "insert_at" in q:  # which work the report names for the inserted notes
+                lo, hi = q["insert_at"], q["insert_at"] + q["insert_len"]
+                on = [m for m in rep["matches"]
+                      if any(lo <= i < hi for seg in m["segments"] for i, _ in seg["pairs"])]
+                ps = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in on])
+                src = [x for m, x in zip(on, ps) if wid_to_i[m["work"]["id"]] == q["source"]]
+                q["passage_r1"] = tie_aware(ps, src[0])[0] if src else 0.0
         neg_scores, neg_verdicts = best_scores([h.melody for h in negatives], cat)
         dec_scores, dec_verdicts = best_scores([h.melody for h in decoys], cat)
         res["fpr_default_review_backwards_negatives"] = round(float(np.mean([v != "clear" for v in dec_verdicts])), 4)
@@ -317,6 +326,8 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
                 "recall@1_strict": round(float(np.mean(ranks == 1)), 4),
                 "tpr@1%fpr": round(tpr_at_fpr(scores, negs), 4),
                 "flagged_default": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
+                **({"passage_recall@1": round(float(np.mean([q["passage_r1"] for q in qs])), 4)}
+                   if kind != "whole" else {}),
                 "paired_queries": len(sub),
                 "ours_recall@1_paired": round(float(np.mean([q["r1"] for q in sub])), 4),
                 "ours_tpr_paired": round(tpr_at_fpr(ss, negs), 4),
@@ -429,6 +440,71 @@ def parse_latency(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def memorization_section(enc: Encoder, pool, *, n: int, seed: int, index_kind: str) -> dict[str, Any]:
+    """Does the generator copy what it was trained on? Generated 8-bar melodies checked against a
+    catalogue of the weights' own training tunes, beside human 8-bar openings of the same style
+    that the weights never saw (the 5 % 'valid' split of the same collections, Aird's Airs), and
+    the generated melodies against a catalogue of held-out Essen tunes (unrelated by construction:
+    the weights never saw Essen)."""
+    from melodyguard.corpus import TRAIN_COLLECTIONS
+    from melodyguard.detect import check_melody
+    from melodyguard.index import Catalogue
+    from melodyguard.model.generate import sample_melodies
+
+    rng = np.random.default_rng(seed)
+
+    def opening(m: Melody) -> Melody | None:
+        k = int(np.searchsorted(m.onsets_beats, m.onsets_beats[0] + 32.0))
+        return m.slice(0, k) if k >= 8 else None
+
+    def humans(tunes) -> list[Melody]:
+        pick = rng.permutation(len(tunes))[:n]
+        return [o for o in (opening(tunes[int(i)].melody) for i in pick) if o is not None]
+
+    train = load_corpus(splits=["train"], collections=TRAIN_COLLECTIONS)
+    valid = load_corpus(splits=["valid"], collections=TRAIN_COLLECTIONS)
+    aird = [t for t in pool if t.collection == "airdsAirs"]
+    essen = [t for t in pool if t.collection == "essenFolksong"]
+    gen = {t: [m for m in sample_melodies(enc, n, bars=8, temperature=t, seed=seed) if len(m) >= 8] for t in (1.0, 0.5)}
+    out: dict[str, Any] = {"rows": []}
+
+    def row(name: str, mels: list[Melody], cat) -> None:
+        best = []
+        for m in mels:
+            rep = check_melody(m, cat)
+            top = rep["matches"][0] if rep["matches"] else None
+            best.append((rep["verdict"], -np.log10(max(top["score"]["evalue"], 1e-300)) if top else -10.0,
+                         top["segments"][0]["matched_notes"] if top else 0))
+        v = [b[0] for b in best]
+        sc = np.array([b[1] for b in best])
+        flagged_notes = [b[2] for b in best if b[0] != "clear"]
+        out["rows"].append({"queries": name, "n": len(mels),
+                            "review_rate": round(float(np.mean([x != "clear" for x in v])), 4),
+                            "block_rate": round(float(np.mean([x == "block" for x in v])), 4),
+                            "minus_log10_e_p99": round(float(np.quantile(sc, 0.99)), 1),
+                            "median_equal_notes_flagged": float(np.median(flagged_notes)) if flagged_notes else 0.0})
+
+    tmp = Path(tempfile.mkdtemp(prefix="mg-mem-"))
+    try:
+        cat = Catalogue(tmp / "train", encoder=enc, index_kind=index_kind)
+        for b in range(0, len(train), 500):
+            cat.add_melodies([{"melody": t.melody, "sha256": t.key} for t in train[b:b + 500]])
+        out["training_catalogue_works"] = len(cat.works())
+        for t, mels in gen.items():
+            row(f"generated, temperature {t:g}, against the training tunes", mels, cat)
+        row("valid split (same collections, not trained on) against the training tunes", humans(valid), cat)
+        row("Aird's Airs (held out) against the training tunes", humans(aird), cat)
+        cat.close()
+        ecat = Catalogue(tmp / "essen", encoder=enc, index_kind=index_kind)
+        pick = rng.permutation(len(essen))[:1000]
+        ecat.add_melodies([{"melody": essen[int(i)].melody, "sha256": essen[int(i)].key} for i in pick])
+        row("generated, temperature 1, against 1,000 Essen tunes", gen[1.0], ecat)
+        ecat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def generation_section(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
     """Simple statistics of generated melodies against held-out corpus melodies (first 32 beats)."""
     from melodyguard.model.generate import sample_melodies
@@ -511,6 +587,16 @@ def print_markdown(results: dict[str, Any]) -> None:
                   "disk_bytes_per_work", "ram_mb_growth_per_1k_works", "ann_recall_at_10"):
             if k in d:
                 print(f"- {k}: {d[k]}")
+        for r in d["levels"]:
+            if "passage_recall@1" in r:
+                print(f"- passage_recall@1 ({r['kind']}, {r['level']}): {r['passage_recall@1']}")
+    if "memorization" in results:
+        d = results["memorization"]
+        _table(f"Does the generator copy its training tunes? ({d['training_catalogue_works']} training works)",
+               ["queries (8 bars)", "n", "flagged review or block", "block", "-log10 E, 99th pct",
+                "equal notes in flagged matches (median)"],
+               [[r["queries"], r["n"], f"{r['review_rate']:.3f}", f"{r['block_rate']:.3f}", r["minus_log10_e_p99"],
+                 r["median_equal_notes_flagged"]] for r in d["rows"]])
     for key in sorted(k for k in results if k.startswith("null_")):
         d = results[key]
         _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works",
@@ -529,7 +615,7 @@ def print_markdown(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", nargs="*", default=["model", "generation", "detect", "null", "parse"])
+    ap.add_argument("--sections", nargs="*", default=["model", "generation", "memorization", "detect", "null", "parse"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[1000, 10000])
     ap.add_argument("--queries", type=int, default=200, help="source works per level")
     ap.add_argument("--negatives", type=int, default=500)
@@ -565,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         for size in a.sizes:
             results[f"null_{size}"] = null_section(enc, pool, size=size, n=300, seed=a.seed, index_kind=a.index_kind)
             print(json.dumps(results[f"null_{size}"]), flush=True)
+    if "memorization" in a.sections:
+        results["memorization"] = memorization_section(enc, pool, n=300, seed=a.seed, index_kind=a.index_kind)
+        print(json.dumps(results["memorization"]), flush=True)
     if "parse" in a.sections:
         results["parse"] = parse_latency(enc, pool, n=100, seed=a.seed)
     results["seconds"] = round(time.time() - t0, 1)
