@@ -22,6 +22,7 @@ from .errors import (
     ConfigError,
     CorruptFileError,
     DuplicateWorkError,
+    EmptyCatalogueError,
     EmptyInputError,
     IndexVersionError,
     InputTooLargeError,
@@ -87,5 +88,6 @@ __all__ = [
     "CatalogueError",
     "DuplicateWorkError",
     "WorkNotFoundError",
+    "EmptyCatalogueError",
     "ConfigError",
 ]

@@ -28,7 +28,7 @@ def open_catalogue(a: argparse.Namespace, **kw: Any):
 
 # --------------------------------------------------------------------------- add
 def _setup_add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="*", type=Path, help="MIDI or audio files")
+    p.add_argument("paths", nargs="*", type=Path, help="MIDI or audio files, or folders of them (searched recursively)")
     p.add_argument("--manifest", type=Path, help="CSV with columns path,title,owner,external_id")
     p.add_argument("--title")
     p.add_argument("--owner", default="")
@@ -60,6 +60,23 @@ def _add_from_corpus(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _expand_folders(paths: list[Path]) -> list[Path]:
+    """Files as given (missing ones too: each fails on its own); folders replaced by the MIDI
+    and audio files under them, sorted. A folder without any is an error."""
+    from .audit import AUDIO_EXT, MIDI_EXT
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in MIDI_EXT | AUDIO_EXT)
+            if not found:
+                raise InvalidInputError(f"{p} is a folder without MIDI or audio files")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def _cmd_add(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -80,9 +97,10 @@ def _cmd_add(a: argparse.Namespace) -> int:
                     path = a.manifest.parent / path
                 jobs.append({"path": path, "title": row.get("title") or None, "owner": row.get("owner") or "",
                              "external_id": row.get("external_id") or None})
-    for p in a.paths:
-        jobs.append({"path": p, "title": a.title if len(a.paths) == 1 else None, "owner": a.owner,
-                     "external_id": a.external_id if len(a.paths) == 1 else None})
+    paths = _expand_folders(a.paths)
+    for p in paths:
+        jobs.append({"path": p, "title": a.title if len(paths) == 1 else None, "owner": a.owner,
+                     "external_id": a.external_id if len(paths) == 1 else None})
     if not jobs:
         raise InvalidInputError("nothing to add: give file paths or --manifest works.csv")
     cat = open_catalogue(a)
@@ -158,7 +176,7 @@ _SEVERITY = {"clear": (0, EXIT_OK), "error": (1, EXIT_ERROR), "review": (2, EXIT
 
 
 def _setup_check(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="+", type=Path, help="MIDI or audio files, or folders of them")
     p.add_argument("--json", action="store_true", help="one JSON report per line")
     p.add_argument("--html", type=Path, help="write an HTML evidence report (one file: this path; several: a folder)")
     p.add_argument("--review-evalue", type=float, default=None)
@@ -191,10 +209,16 @@ def _cmd_check(a: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, review_evalue=a.review_evalue)
     if a.block_evalue is not None:
         cfg = dataclasses.replace(cfg, block_evalue=a.block_evalue)
+    from .index import require_works
+
+    files = _expand_folders(a.files)
+    # An empty (or mistyped) catalogue is an error, never a run of "clear"; checked before opening
+    # it, which would create the directory.
+    require_works(a.catalogue)
     cat = open_catalogue(a)
     cat.index()
     worst = "clear"
-    for i, path in enumerate(a.files):
+    for i, path in enumerate(files):
         try:
             rep = check_file(path, cat, config=cfg)
             verdict = rep["verdict"]
@@ -211,7 +235,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
         if a.html and verdict != "error":
             from .evidence import write_html_report
 
-            out = a.html if len(a.files) == 1 else a.html / f"{i:04d}_{Path(path).stem}.html"
+            out = a.html if len(files) == 1 else a.html / f"{i:04d}_{Path(path).stem}.html"
             write_html_report(rep, cat, out, query_source=path)
             if not a.json:
                 print(f"  HTML report: {out}")

@@ -164,6 +164,10 @@ def _run_audit_locked(
     todo = [str(f) for f in files if str(f) not in done]
     if limit is not None:
         todo = todo[:limit]
+    if todo:  # every file would fail the same way, and be recorded as done
+        from .index import require_works
+
+        require_works(catalogue_dir)
     bar = tqdm(total=len(files), initial=len(files) - len([f for f in files if str(f) not in done]),
                desc="audit", unit="file", disable=not progress)
     with open(results, "a", encoding="utf-8") as fh:

@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return fn(a)
     except MelodyGuardError as exc:
-        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        where = getattr(exc, "path", None)  # EmptyCatalogueError: which catalogue was empty
+        _err((str(exc).splitlines()[0] if str(exc) else type(exc).__name__) + (f" (catalogue: {where})" if where else ""))
         return EXIT_ERROR
     except KeyboardInterrupt:
         _err("interrupted")

@@ -56,6 +56,7 @@ from .align import (
 from .errors import InvalidInputError
 from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
+from .index.store import require_works
 
 __all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "Calibration", "load_calibration", "check_melody", "check_file"]
 
@@ -169,8 +170,8 @@ def check_melody(
     """
     t0 = time.perf_counter()
     enc = catalogue.encoder
+    n_works = require_works(catalogue)
     index, table = catalogue.index()
-    n_works = catalogue.count()
     N = max(catalogue.total_notes, 1)
     cal = load_calibration()
     # Views of the query: the notes as given; for audio also the repeat-collapsed form, searched

@@ -15,7 +15,8 @@
      │    └── IndexVersionError       an index whose manifest does not match the catalogue
      ├── CatalogueError
      │    ├── DuplicateWorkError      the same source file (sha256) is already registered
-     │    └── WorkNotFoundError
+     │    ├── WorkNotFoundError
+     │    └── EmptyCatalogueError     a check against a catalogue without works
      └── ConfigError                  a setting that cannot work
 
 The library never raises HTTP errors: only ``melodyguard.api`` maps these to status codes.
@@ -38,6 +39,7 @@ __all__ = [
     "CatalogueError",
     "DuplicateWorkError",
     "WorkNotFoundError",
+    "EmptyCatalogueError",
     "ConfigError",
 ]
 
@@ -103,6 +105,16 @@ class WorkNotFoundError(CatalogueError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else "work not found"
+
+
+class EmptyCatalogueError(CatalogueError):
+    """Nothing to compare with: the catalogue holds no works. A check would say ``clear`` for
+    every file, which a release gate must not mistake for a pass. ``path`` is the catalogue's
+    directory (kept out of the message, which the HTTP API passes on to clients)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ConfigError(MelodyGuardError):

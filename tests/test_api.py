@@ -181,6 +181,27 @@ def test_checks_limits_and_bad_input(api_env):
         assert c.get("/readyz").json()["works"] == 6
 
 
+def test_empty_catalogue_is_a_conflict_not_a_clear(tmp_path, shipped_encoder, rng):
+    path = tmp_path / "cat"
+    Catalogue(path, encoder=shipped_encoder).close()
+    ks = KeyStore(path / "api.sqlite")
+    admin, screener = ks.create(role="admin")[0], ks.create(role="screener")[0]
+    ks.close()
+    m = make_catalogue_melodies(rng, 1, 40)[0]
+    with _client(path) as c:
+        r = c.post("/v1/checks", headers=H(screener), files={"file": ("q.mid", _midi(m, 2), "audio/midi")})
+        assert r.status_code == 409 and "no works to compare with" in r.json()["detail"]
+        assert str(path) not in r.json()["detail"]  # no server paths in client messages
+        r = c.post("/v1/checks", headers=H(screener), files={"file": ("q.mid", b"nope", "audio/midi")})
+        assert r.status_code == 415  # the upload itself is still judged first
+        r = c.post("/v1/audits", headers=H(screener), files=[("files", ("q.mid", _midi(m), "audio/midi"))])
+        assert r.status_code == 409 and "no works" in r.json()["detail"]
+        r = c.post("/v1/works", headers=H(admin), files={"file": ("a.mid", _midi(m), "audio/midi")})
+        assert r.status_code == 201
+        r = c.post("/v1/checks", headers=H(screener), files={"file": ("q.mid", _midi(m, 2), "audio/midi")})
+        assert r.status_code == 200 and r.json()["verdict"] == "block"
+
+
 def test_rate_limit_per_key(api_env):
     path, _mels, keys = api_env
     with _client(path, rate_limit_per_minute=6, rate_limit_burst=3) as c:

@@ -20,6 +20,7 @@ from melodyguard import Catalogue, Melody, check_file, check_melody, cli
 from melodyguard.errors import (
     CorruptFileError,
     DuplicateWorkError,
+    EmptyCatalogueError,
     IndexVersionError,
     MelodyTooShortError,
     NoMelodyError,
@@ -237,6 +238,35 @@ def test_cli_check_exit_codes_and_json_lines(tmp_path, rng, capsys, monkeypatch)
     assert cli.main(["list", "--json"]) == 0
     assert [w["title"] for w in json.loads(capsys.readouterr().out)] == ["Original"]
 
+
+
+def test_cli_refuses_an_empty_catalogue_and_takes_folders(tmp_path, rng, capsys, monkeypatch, shipped_encoder):
+    cat_dir = tmp_path / "cat"
+    monkeypatch.setenv("MELODYGUARD_CATALOGUE", str(cat_dir))
+    songs = tmp_path / "songs"
+    (songs / "b").mkdir(parents=True)
+    mels = [random_melody(rng, 40) for _ in range(3)]
+    for name, m in zip(["a.mid", "b/c.mid", "b/d.midi"], mels):
+        (songs / name).write_bytes(melody_midi(*m))
+    (songs / "notes.txt").write_text("not music")
+    query = tmp_path / "q.mid"
+    query.write_bytes(melody_midi(mels[1][0] - 3, *mels[1][1:]))
+    capsys.readouterr()
+    # An empty catalogue (here: a mistyped path) is an error, never a run of "clear" verdicts.
+    assert cli.main(["check", str(query)]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "no works to compare with" in err and str(cat_dir) in err and not cat_dir.exists()
+    assert cli.main(["audit", str(query), "--out", str(tmp_path / "aud")]) == cli.EXIT_ERROR
+    assert "no works" in capsys.readouterr().err and not (tmp_path / "aud" / "results.jsonl").exists()
+    with pytest.raises(EmptyCatalogueError):
+        check_file(query, Catalogue(tmp_path / "empty", encoder=shipped_encoder))
+    # Folders are searched for MIDI and audio files (the text file is not one).
+    assert cli.main(["add", str(songs), "--quiet"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["works"] == 3
+    assert cli.main(["check", str(songs / "b"), "--json"]) == cli.EXIT_BLOCK
+    assert [json.loads(x)["verdict"] for x in capsys.readouterr().out.strip().splitlines()] == ["block", "block"]
+    assert cli.main(["add", str(tmp_path / "aud")]) == cli.EXIT_ERROR  # a folder without music
+    assert "without MIDI or audio files" in capsys.readouterr().err
 
 
 def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):

@@ -41,6 +41,7 @@ from .. import __version__
 from ..errors import (
     ArtifactError,
     DuplicateWorkError,
+    EmptyCatalogueError,
     InputTooLargeError,
     InvalidInputError,
     MelodyGuardError,
@@ -48,6 +49,7 @@ from ..errors import (
     WorkNotFoundError,
 )
 from ..fingerprint import sniff_format
+from ..index import require_works
 from .jobs import JobStore, JobWorker, results_csv
 from .keys import KeyStore, Principal
 from .limits import BodyLimitMiddleware, RateLimiter, read_zip
@@ -64,14 +66,15 @@ class ErrorBody(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Bad request", 401: "Missing or invalid API key", 403: "The key's role may not do this",
-            404: "Not found (or not yours)", 409: "Already registered", 413: "Upload too large",
+            404: "Not found (or not yours)", 409: "Already registered (works); no works to compare with (checks, audits)",
+            413: "Upload too large",
             415: "Not a MIDI or audio file", 422: "Invalid input", 429: "Rate limit exceeded"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
 
 #: library errors to HTTP status codes, most specific first (anything else: 400)
 _STATUS: tuple[tuple[type[MelodyGuardError], int], ...] = (
-    (DuplicateWorkError, 409), (WorkNotFoundError, 404), (InputTooLargeError, 413),
+    (DuplicateWorkError, 409), (EmptyCatalogueError, 409), (WorkNotFoundError, 404), (InputTooLargeError, 413),
     (UnsupportedFormatError, 415), (InvalidInputError, 422), (ArtifactError, 503),
 )
 _AUTH_ERRORS = (401, 403, 429)
@@ -319,7 +322,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ checks
     @app.post("/v1/checks", summary="Check a file against the catalogue",
-              responses={**_errors(*_AUTH_ERRORS, *_UPLOAD_ERRORS),
+              responses={**_errors(*_AUTH_ERRORS, *_UPLOAD_ERRORS, 409),
                          200: {"content": {"application/json": {}, "text/html": {}},
                                "description": "the JSON report (schema melodyguard.report/1), or HTML"}})
     async def post_check(
@@ -337,7 +340,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ audits
     @app.post("/v1/audits", status_code=202, summary="Queue an audit of several files or one zip",
-              responses=_errors(*_AUTH_ERRORS, *_UPLOAD_ERRORS))
+              responses=_errors(*_AUTH_ERRORS, *_UPLOAD_ERRORS, 409))
     async def post_audit(
         request: Request,
         who: Anyone,
@@ -359,6 +362,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 items.append((_name(f), data))
         if len(items) > settings.max_audit_files:
             raise HTTPException(422, detail=f"{len(items)} files; an audit takes at most {settings.max_audit_files}")
+        await run_in_threadpool(require_works, request.app.state.catalogue)  # 409 rather than a job of errors
         status = await run_in_threadpool(request.app.state.jobs.create, items, key_id=who.key_id, role=who.role,
                                          owner=who.owner)
         return JSONResponse(status, status_code=202, headers={"Location": f"/v1/audits/{status['id']}"})

@@ -84,7 +84,8 @@ def extract_melody(
     kind = sniff_format(data)
     ext = Path(name).suffix.lower()
     if kind == "midi":
-        return melody_from_midi(data, track=track, min_notes=min_notes, max_bytes=max_bytes, max_notes=max_notes)
+        return melody_from_midi(data, track=track, min_notes=min_notes, max_bytes=max_bytes, max_notes=max_notes,
+                                filename=name)
     if kind == "audio" or ext in _AUDIO_EXT:
         from .audio import melody_from_audio
 

@@ -25,6 +25,7 @@ pitched audio, or pitch that glides within notes instead of holding (speech), or
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +127,10 @@ def decode_audio(data: bytes, *, filename: str = "<bytes>", config: AudioConfig 
     try:
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # libsndfile raises LibsndfileError/RuntimeError on junk
-        raise CorruptFileError(f"{filename} is not decodable audio: {exc}") from exc
+        why = re.sub(r"^Error opening <[^>]*>: ", "", str(exc))  # not the in-memory buffer's repr
+        if "does not exist" in why:  # libsndfile's words for a stream it cannot identify
+            why = "unrecognised or truncated audio data"
+        raise CorruptFileError(f"{filename} is not decodable audio: {why}") from exc
     declared = info.frames / info.samplerate if info.samplerate else 0.0
     if declared > config.max_seconds:
         raise InputTooLargeError(

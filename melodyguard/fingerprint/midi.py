@@ -93,6 +93,8 @@ def read_source(source: str | Path | bytes, *, max_bytes: int = DEFAULT_MAX_FILE
         name = "<bytes>"
     elif isinstance(source, (str, Path)):
         path = Path(source)
+        if path.is_dir():
+            raise InvalidInputError(f"{path} is a folder, not a file")
         if not path.is_file():
             raise InvalidInputError(f"no such file: {path}")
         size = path.stat().st_size
@@ -162,6 +164,7 @@ def midi_candidates(
     *,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_notes: int = DEFAULT_MAX_NOTES,
+    filename: str | None = None,
 ) -> list[MelodyCandidate]:
     """All candidate melody lines of a MIDI file, best first.
 
@@ -173,6 +176,7 @@ def midi_candidates(
         When the file has no pitched (non-drum) notes.
     """
     data, name = read_source(source, max_bytes=max_bytes)
+    name = filename or name
     pm = _parse(data, name)
     total = sum(len(inst.notes) for inst in pm.instruments)
     if total > max_notes:
@@ -268,8 +272,9 @@ def melody_from_midi(
     min_notes: int = DEFAULT_MIN_NOTES,
     max_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_notes: int = DEFAULT_MAX_NOTES,
+    filename: str | None = None,
 ) -> Melody:
-    """The melody of a MIDI file (path or bytes).
+    """The melody of a MIDI file (path or bytes; ``filename`` names bytes in messages).
 
     Parameters
     ----------
@@ -283,7 +288,7 @@ def melody_from_midi(
     MelodyTooShortError
         When the chosen line has fewer than ``min_notes`` notes.
     """
-    cands = midi_candidates(source, max_bytes=max_bytes, max_notes=max_notes)
+    cands = midi_candidates(source, max_bytes=max_bytes, max_notes=max_notes, filename=filename)
     if track is not None:
         chosen = [c for c in cands if c.track == track]
         if not chosen:
@@ -306,7 +311,9 @@ def melody_from_midi(
         mel.durations_seconds, mel.bars, mel.beats_in_bar, mel.time_signatures, info, mel.has_beats,
     )
     if len(mel) < min_notes:
+        n = len(mel)
         raise MelodyTooShortError(
-            f"melody has {len(mel)} notes; at least {min_notes} are needed to compare (min_notes)"
+            f"the melody has {n} note{'' if n == 1 else 's'}; "
+            f"at least {min_notes} are needed to compare (min_notes)"
         )
     return mel

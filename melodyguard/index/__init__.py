@@ -1,6 +1,13 @@
 """The catalogue (SQLite, the source of truth) and the FAISS index derived from it."""
 
-from .store import CATALOGUE_FORMAT_VERSION, DEFAULT_HOP, Catalogue, WindowTable, Work
+from .store import (
+    CATALOGUE_FORMAT_VERSION,
+    DEFAULT_HOP,
+    Catalogue,
+    WindowTable,
+    Work,
+    require_works,
+)
 from .vectors import AUTO_FLAT_MAX, INDEX_FORMAT_VERSION, IndexManifest, VectorIndex
 
 __all__ = [
@@ -13,4 +20,5 @@ __all__ = [
     "IndexManifest",
     "INDEX_FORMAT_VERSION",
     "AUTO_FLAT_MAX",
+    "require_works",
 ]

@@ -36,6 +36,7 @@ from .._sqlite import connect
 from ..config import catalogue_dir
 from ..errors import (
     DuplicateWorkError,
+    EmptyCatalogueError,
     IndexVersionError,
     InvalidInputError,
     WorkNotFoundError,
@@ -45,7 +46,7 @@ from ..fingerprint.windows import WindowConfig, Windows, window_melody
 from .figures import FigureIndex
 from .vectors import VectorIndex
 
-__all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable"]
+__all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable", "require_works"]
 
 CATALOGUE_FORMAT_VERSION = 2
 #: Window views: 0 the melody as written; 1 its repeat-collapsed form (runs of one repeated
@@ -136,6 +137,33 @@ def _melody_from_json(s: str, info: dict[str, Any]) -> Melody:
         _frozen(d["os"], np.float64), _frozen(d["ds"], np.float64), _frozen(d["bars"], np.int64),
         _frozen(d["bib"], np.float64), tuple(TimeSignature(*t) for t in d["ts"]), info, bool(d.get("has_beats", True)),
     )
+
+
+def require_works(catalogue: Any) -> int:
+    """The number of works in a catalogue (open, or its directory, without loading any model).
+
+    Raises EmptyCatalogueError when there are none: a check against nothing would call every
+    file ``clear``, and a release gate must not take a misconfigured path for a pass.
+    """
+    if hasattr(catalogue, "count"):  # an open catalogue
+        n, where = catalogue.count(), getattr(catalogue, "path", "")
+    else:
+        where = Path(catalogue) if catalogue else catalogue_dir()
+        db = where / "catalogue.sqlite"
+        n = 0
+        if db.is_file():
+            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+            try:
+                n = int(con.execute("SELECT COUNT(*) FROM works").fetchone()[0])
+            except sqlite3.OperationalError:  # no works table yet
+                n = 0
+            finally:
+                con.close()
+    if n == 0:
+        raise EmptyCatalogueError(
+            "the catalogue has no works to compare with; register works first (melodyguard add, or "
+            "POST /v1/works)", path=str(where))
+    return n
 
 
 class Catalogue:
