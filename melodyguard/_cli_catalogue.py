@@ -181,6 +181,9 @@ def _setup_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", type=Path, help="write an HTML evidence report (one file: this path; several: a folder)")
     p.add_argument("--review-evalue", type=float, default=None)
     p.add_argument("--block-evalue", type=float, default=None)
+    p.add_argument("--tracks", choices=["melody", "all"], default="melody",
+                   help="MIDI: check the melody line only (default), or every pitched line (a copy may hide in an "
+                        "inner voice; E-values are multiplied by the number of lines checked)")
     _catalogue_arg(p)
 
 
@@ -193,7 +196,8 @@ def describe(rep: dict[str, Any]) -> str:
     for m in rep["matches"]:
         stock = " [stock material]" if m["stock"]["is_stock"] else ""
         where = match_sentence(m, seconds=q.get("source") == "audio", beats=bool(q.get("has_beats", True)))
-        lines.append(f"  [{m['verdict']}] {where}; E-value {m['score']['evalue']:.3g}{stock}")
+        track = f"track {m['track']['index']} ({m['track']['name'] or 'unnamed'}): " if m.get("track") else ""
+        lines.append(f"  [{m['verdict']}] {track}{where}; E-value {m['score']['evalue']:.3g}{stock}")
     if not rep["matches"]:
         lines.append("  no candidate matches")
     return "\n".join(lines)
@@ -220,7 +224,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
     worst = "clear"
     for i, path in enumerate(files):
         try:
-            rep = check_file(path, cat, config=cfg)
+            rep = check_file(path, cat, config=cfg, tracks=a.tracks)
             verdict = rep["verdict"]
         except MelodyGuardError as exc:
             rep = {"query": {"path": str(path)}, "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}

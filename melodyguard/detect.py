@@ -53,12 +53,14 @@ from .align import (
     note_weights,
     shift_keys,
 )
-from .errors import InvalidInputError
+from .config import DEFAULT_MIN_NOTES
+from .errors import InvalidInputError, MelodyTooShortError
 from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
 from .index.store import require_works
 
-__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "Calibration", "load_calibration", "check_melody", "check_file"]
+__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "Calibration", "load_calibration", "check_melody",
+           "check_file", "check_file_lines", "check_tracks"]
 
 REPORT_SCHEMA = "melodyguard.report/1"
 _CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
@@ -415,25 +417,111 @@ def _verdict(e: float, config: DetectConfig) -> str:
     return "clear"
 
 
+#: ``tracks`` settings of :func:`check_file`: the melody line only, or every pitched line
+TRACK_MODES = ("melody", "all")
+#: most lines ``tracks="all"`` checks (the best-scored melody candidates first)
+MAX_TRACKS = 8
+
+
 def check_file(
     source: str | Path | bytes,
     catalogue: Any,
     *,
     config: DetectConfig = DEFAULT_DETECT,
     filename: str | None = None,
+    tracks: str = "melody",
 ) -> dict[str, Any]:
-    """Extract the melody of a file and check it (see :func:`check_melody`)."""
-    from .fingerprint import extract_melody
+    """Extract the melody of a file and check it (see :func:`check_melody`).
+
+    ``tracks="all"`` (MIDI only) checks every pitched line of the file instead of the one the
+    melody heuristics choose (see :func:`check_tracks`): a copied tune may sit in an inner voice.
+    """
+    return check_file_lines(source, catalogue, config=config, filename=filename, tracks=tracks)[0]
+
+
+def check_file_lines(
+    source: str | Path | bytes,
+    catalogue: Any,
+    *,
+    config: DetectConfig = DEFAULT_DETECT,
+    filename: str | None = None,
+    tracks: str = "melody",
+) -> tuple[dict[str, Any], dict[int | None, Melody]]:
+    """:func:`check_file`, also returning the melody of each line checked (by MIDI track;
+    ``None`` for audio), which the evidence pictures need."""
+    from .fingerprint import extract_melody, sniff_format
     from .fingerprint.midi import read_source
 
+    if tracks not in TRACK_MODES:
+        raise InvalidInputError(f"tracks must be one of {TRACK_MODES}; got {tracks!r}")
     t0 = time.perf_counter()
     data, name = read_source(source)
     name = filename or name
+    if tracks == "all" and sniff_format(data) == "midi":
+        return check_tracks(data, catalogue, name=name, config=config, t0=t0)
     melody = extract_melody(data, filename=name)
     t_parse = time.perf_counter()
     rep = check_melody(melody, catalogue, config=config, query_info=query_info(melody, data, name))
     rep["timing_ms"]["parse"] = round(1000 * (t_parse - t0), 2)
-    return rep
+    return rep, {melody.info.get("track"): melody}
+
+
+def check_tracks(
+    data: bytes,
+    catalogue: Any,
+    *,
+    name: str = "<bytes>",
+    config: DetectConfig = DEFAULT_DETECT,
+    max_tracks: int = MAX_TRACKS,
+    t0: float | None = None,
+) -> tuple[dict[str, Any], dict[int | None, Melody]]:
+    """Check every pitched line of a MIDI file (its skyline; at most ``max_tracks``, those the
+    melody heuristics rank highest) and merge the reports.
+
+    Each match names its ``track``. Checking k lines gives chance k times the opportunities, so
+    every E-value is multiplied by k (Bonferroni) before the verdicts are drawn: the default
+    thresholds keep their meaning per file. A work matched from several lines is reported once,
+    from its best line. The report's ``query`` describes the line the heuristics call the melody
+    and lists ``tracks_checked``.
+    """
+    from .fingerprint.midi import midi_candidates
+
+    t0 = time.perf_counter() if t0 is None else t0
+    lines = [c for c in midi_candidates(data, filename=name) if len(c.melody) >= DEFAULT_MIN_NOTES][:max_tracks]
+    if not lines:  # no line long enough: the single-line path's error says why
+        from .fingerprint import extract_melody
+
+        extract_melody(data, filename=name)
+        raise MelodyTooShortError(f"{name}: no line has {DEFAULT_MIN_NOTES} notes")
+    t_parse = time.perf_counter()
+    k = len(lines)
+    reports = []
+    melodies: dict[int | None, Melody] = {}
+    for c in lines:
+        mel = c.melody
+        melodies[c.track] = mel
+        info = query_info(mel, data, name) | {"track": c.track, "track_name": c.name}
+        reports.append((c, check_melody(mel, catalogue, config=config, query_info=info)))
+    best: dict[Any, dict[str, Any]] = {}
+    for c, rep in reports:
+        for m in rep["matches"]:
+            e = min(float(m["score"]["evalue"]) * k, 1e300)
+            m = {**m, "score": {**m["score"], "evalue": float(f"{e:.4g}"), "p_chance": float(f"{-np.expm1(-e):.4g}"),
+                                "lines_checked": k},
+                 "verdict": _verdict(e, config), "track": {"index": c.track, "name": c.name}}
+            key = m["work"]["id"] if m["work"]["id"] is not None else id(m)
+            if key not in best or e < best[key]["score"]["evalue"]:
+                best[key] = m
+    matches = sorted(best.values(), key=lambda m: m["score"]["evalue"])[: config.max_matches]
+    head = reports[0][1]
+    t_end = time.perf_counter()
+    rep = {**head, "matches": matches, "verdict": matches[0]["verdict"] if matches else "clear"}
+    rep["query"] = {**head["query"], "tracks_checked": [
+        {"track": c.track, "track_name": c.name, "n_notes": len(c.melody),
+         "best_evalue": float(f"{min(r['matches'][0]['score']['evalue'] * k, 1e300):.4g}") if r["matches"] else None}
+        for c, r in reports]}
+    rep["timing_ms"] = {"parse": round(1000 * (t_parse - t0), 2), "total": round(1000 * (t_end - t_parse), 2)}
+    return rep, melodies
 
 
 def query_info(melody: Melody, data: bytes, name: str) -> dict[str, Any]:

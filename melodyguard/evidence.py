@@ -160,16 +160,23 @@ def render_html(report: dict[str, Any], pictures: list[bytes | None], *, n_works
 def write_html_report(report: dict[str, Any], catalogue: Any, out: Path, *, query_source: Any = None,
                       query_melody: Melody | None = None) -> Path:
     """Write the HTML evidence report of ``report`` to ``out`` (pictures need the query melody)."""
-    if query_melody is None and query_source is not None:
-        from .fingerprint import extract_melody
+    from .fingerprint import extract_melody
 
+    if query_melody is None and query_source is not None:
         query_melody = extract_melody(query_source)
+    lines: dict[int, Melody] = {}  # matches found in other lines (check --tracks all)
     pictures: list[bytes | None] = []
     for m in report["matches"]:
-        if query_melody is None:
+        q = query_melody
+        track = (m.get("track") or {}).get("index")
+        if track is not None and query_source is not None and track != (q.info.get("track") if q else None):
+            if track not in lines:
+                lines[track] = extract_melody(query_source, track=track, min_notes=1)
+            q = lines[track]
+        if q is None:
             pictures.append(None)
             continue
-        pictures.append(piano_roll_png(query_melody, catalogue.melody(m["work"]["id"]), m))
+        pictures.append(piano_roll_png(q, catalogue.melody(m["work"]["id"]), m))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(report, pictures, n_works=catalogue.count()), encoding="utf-8")

@@ -168,6 +168,12 @@ def test_checks_limits_and_bad_input(api_env):
         assert r.status_code == 422 and "file" in json.dumps(r.json()["detail"])
         r = c.post("/v1/checks?format=pdf", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
         assert r.status_code == 422
+        r = c.post("/v1/checks?tracks=all&format=html", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        assert r.status_code == 200 and r.headers["x-melodyguard-verdict"] == "block" and "data:image/png" in r.text
+        r = c.post("/v1/checks?tracks=all", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        assert r.json()["matches"][0]["track"]["index"] == 0 and r.json()["query"]["tracks_checked"][0]["track"] == 0
+        r = c.post("/v1/checks?tracks=some", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
+        assert r.status_code == 422
 
         # a body streamed without Content-Length is cut off at the limit too
         def chunks():

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from conftest import drums_only_midi, make_catalogue_melodies, melody_midi, random_melody
 
-from melodyguard import Catalogue, Melody, check_file, check_melody, cli
+from melodyguard import Catalogue, Melody, check_file, check_melody, cli, extract_melody
 from melodyguard.errors import (
     CorruptFileError,
     DuplicateWorkError,
     EmptyCatalogueError,
     IndexVersionError,
+    InvalidInputError,
     MelodyTooShortError,
     NoMelodyError,
     WorkNotFoundError,
@@ -267,6 +268,55 @@ def test_cli_refuses_an_empty_catalogue_and_takes_folders(tmp_path, rng, capsys,
     assert [json.loads(x)["verdict"] for x in capsys.readouterr().out.strip().splitlines()] == ["block", "block"]
     assert cli.main(["add", str(tmp_path / "aud")]) == cli.EXIT_ERROR  # a folder without music
     assert "without MIDI or audio files" in capsys.readouterr().err
+
+
+def _two_line_midi(lead, inner, *, tempo: float = 110.0) -> bytes:
+    """A lead line (flute, named as the melody) over an inner voice (viola, an octave lower)."""
+    import io
+
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    spb = 60.0 / tempo
+    for (p, o, d), program, name, shift in ((lead, 73, "Lead melody", 0), (inner, 41, "Viola", -12)):
+        inst = pretty_midi.Instrument(program=program, name=name)
+        for pi, oi, di in zip(p, o, d):
+            inst.notes.append(pretty_midi.Note(90, int(pi) + shift, oi * spb, (oi + di * 0.95) * spb))
+        pm.instruments.append(inst)
+    buf = io.BytesIO()
+    pm.write(buf)
+    return buf.getvalue()
+
+
+def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, rng, capsys, monkeypatch):
+    cat, mels = catalogue
+    src = mels[5]
+    lead = random_melody(np.random.default_rng(99), 48, low=72, high=88)
+    inner = (src.pitches[4:36] + 2, src.onsets_beats[4:36] - src.onsets_beats[4], src.durations_beats[4:36])
+    f = tmp_path / "song.mid"
+    f.write_bytes(_two_line_midi(lead, inner))
+    # The heuristics take the lead, which copies nothing.
+    plain = check_file(f, cat)
+    assert plain["query"]["track_name"] == "Lead melody" and plain["verdict"] == "clear"
+    rep = check_file(f, cat, tracks="all")
+    assert rep["verdict"] == "block"
+    top = rep["matches"][0]
+    assert top["work"]["title"] == "tune 5" and top["track"] == {"index": 1, "name": "Viola"}
+    assert [t["track"] for t in rep["query"]["tracks_checked"]] == [0, 1]
+    # Two lines checked: the inner voice's own E-value, doubled (Bonferroni).
+    alone = check_melody(extract_melody(f, track=1), cat)["matches"][0]
+    assert alone["work"]["id"] == top["work"]["id"]
+    assert top["score"]["evalue"] == pytest.approx(2 * alone["score"]["evalue"], rel=1e-3)
+    assert top["segments"][0]["matched_notes"] >= 28
+    with pytest.raises(InvalidInputError, match="tracks"):
+        check_file(f, cat, tracks="some")
+    # The CLI names the line, and the evidence page draws it.
+    monkeypatch.setenv("MELODYGUARD_CATALOGUE", str(cat.path))
+    cat.close()
+    capsys.readouterr()
+    assert cli.main(["check", str(f), "--tracks", "all", "--html", str(tmp_path / "e.html")]) == cli.EXIT_BLOCK
+    assert "track 1 (Viola)" in capsys.readouterr().out
+    assert (tmp_path / "e.html").read_text().count("data:image/png;base64") >= 1
 
 
 def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):

@@ -330,10 +330,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         who: Anyone,
         file: Annotated[UploadFile, File(description="MIDI or audio file")],
         format: Annotated[Literal["json", "html"], Query(description="json (default) or html")] = "json",
+        tracks: Annotated[Literal["melody", "all"], Query(
+            description="MIDI: the melody line only (default), or every pitched line (E-values times the lines checked)",
+        )] = "melody",
     ) -> Response:
         data = await read_upload(file, settings.max_upload_bytes)
         cat = request.app.state.catalogue
-        rep, html = await run_in_threadpool(_check, cat, data, _name(file), who, format == "html")
+        rep, html = await run_in_threadpool(_check, cat, data, _name(file), who, format == "html", tracks)
         if html is not None:
             return HTMLResponse(html, headers={"X-Melodyguard-Verdict": rep["verdict"]})
         return JSONResponse(rep)
@@ -408,18 +411,20 @@ def _stem(file: UploadFile) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def _check(cat: Any, data: bytes, name: str, who: Principal, html: bool) -> tuple[dict[str, Any], str | None]:
-    from ..detect import check_melody, query_info
+def _check(cat: Any, data: bytes, name: str, who: Principal, html: bool,
+           tracks: str = "melody") -> tuple[dict[str, Any], str | None]:
+    from ..detect import check_file_lines
     from ..evidence import piano_roll_png, render_html
-    from ..fingerprint import extract_melody
 
-    melody = extract_melody(data, filename=name)
-    rep = check_melody(melody, cat, query_info=query_info(melody, data, name))
+    rep, lines = check_file_lines(data, cat, filename=name, tracks=tracks)
+    melody = next(iter(lines.values()))
+    # Pictures need each match's own line and the work: before redaction removes private ids.
+    refs = [(lines.get((m.get("track") or {}).get("index"), melody), m["work"]["id"]) for m in rep["matches"]]
     rep, visible = redact_report(rep, who, cat)
     if not html:
         return rep, None
-    pics = [piano_roll_png(melody, cat.melody(m["work"]["id"]), m) if ok else None
-            for m, ok in zip(rep["matches"], visible)]
+    pics = [piano_roll_png(q, cat.melody(w), m) if ok else None
+            for (q, w), m, ok in zip(refs, rep["matches"], visible)]
     return rep, render_html(rep, pics, n_works=rep["catalogue"]["works"])
 
 
