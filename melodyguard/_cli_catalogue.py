@@ -259,6 +259,8 @@ def _setup_audit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self", dest="self_audit", action="store_true",
                    help="list clusters of near-duplicate works inside the catalogue")
     p.add_argument("--no-html", action="store_true", help="skip the per-file evidence pages")
+    p.add_argument("--tracks", choices=["melody", "all"], default="melody",
+                   help="MIDI: the melody line only (default), or every pitched line (as for check)")
     p.add_argument("--quiet", action="store_true")
     _catalogue_arg(p)
 
@@ -285,7 +287,7 @@ def _cmd_audit(a: argparse.Namespace) -> int:
     from .config import catalogue_dir
 
     stats = run_audit(files, a.catalogue or catalogue_dir(), a.out, jobs=a.jobs, weights=a.weights,
-                      progress=not a.quiet, html_evidence=not a.no_html)
+                      progress=not a.quiet, html_evidence=not a.no_html, tracks=a.tracks)
     print(json.dumps(stats))
     print(f"report: {a.out / 'report.html'}")
     return EXIT_OK

@@ -84,7 +84,7 @@ def _read_done(results: Path) -> dict[str, dict[str, Any]]:
 _W: dict[str, Any] = {}
 
 
-def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False) -> None:
+def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False, tracks: str = "melody") -> None:
     import signal
 
     import torch
@@ -96,6 +96,7 @@ def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False)
     from .model.encoder import load_encoder
 
     torch.set_num_threads(1)
+    _W["tracks"] = tracks
     _W["cat"] = Catalogue(cat_dir, encoder=load_encoder(weights), persist_index=False)
     _W["cat"].index()
 
@@ -104,7 +105,7 @@ def _check_one(path: str) -> dict[str, Any]:
     from .detect import check_file
 
     try:
-        rep = check_file(path, _W["cat"])
+        rep = check_file(path, _W["cat"], tracks=_W.get("tracks", "melody"))
         rep["query"]["path"] = path
         return rep
     except MelodyGuardError as exc:
@@ -124,13 +125,20 @@ def run_audit(
     html_evidence: bool = True,
     limit: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    tracks: str = "melody",
 ) -> dict[str, Any]:
     """Audit ``files`` into ``out``; resumes from ``out/results.jsonl``. Returns counts.
+
+    ``tracks="all"`` checks every pitched line of MIDI files (see :func:`melodyguard.detect.check_tracks`).
 
     Only one audit may write to ``out`` at a time (a lock file guards it).
     """
     import fcntl
 
+    from .detect import TRACK_MODES
+
+    if tracks not in TRACK_MODES:
+        raise InvalidInputError(f"tracks must be one of {TRACK_MODES}; got {tracks!r}")
     out.mkdir(parents=True, exist_ok=True)
     lock = open(out / ".lock", "w")
     try:
@@ -140,7 +148,7 @@ def run_audit(
         raise InvalidInputError(f"another audit is writing to {out}; wait for it or choose another --out") from None
     try:
         return _run_audit_locked(files, catalogue_dir, out, jobs=jobs, weights=weights, progress=progress,
-                                 html_evidence=html_evidence, limit=limit, on_result=on_result)
+                                 html_evidence=html_evidence, limit=limit, on_result=on_result, tracks=tracks)
     finally:
         lock.close()
 
@@ -156,6 +164,7 @@ def _run_audit_locked(
     html_evidence: bool,
     limit: int | None,
     on_result: Callable[[dict[str, Any]], None] | None,
+    tracks: str = "melody",
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -180,12 +189,12 @@ def _run_audit_locked(
                 on_result(rec)
 
         if jobs <= 1:
-            _init_worker(str(catalogue_dir), str(weights) if weights else None)
+            _init_worker(str(catalogue_dir), str(weights) if weights else None, False, tracks)
             for p in todo:
                 write(_check_one(p))
         else:
             ex = ProcessPoolExecutor(jobs, initializer=_init_worker,
-                                     initargs=(str(catalogue_dir), str(weights) if weights else None, True))
+                                     initargs=(str(catalogue_dir), str(weights) if weights else None, True, tracks))
             try:
                 futs = [ex.submit(_check_one, p) for p in todo]
                 for fut in as_completed(futs):

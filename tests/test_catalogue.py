@@ -317,6 +317,11 @@ def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, r
     assert cli.main(["check", str(f), "--tracks", "all", "--html", str(tmp_path / "e.html")]) == cli.EXIT_BLOCK
     assert "track 1 (Viola)" in capsys.readouterr().out
     assert (tmp_path / "e.html").read_text().count("data:image/png;base64") >= 1
+    assert cli.main(["audit", str(f), "--out", str(tmp_path / "aud"), "--tracks", "all", "--quiet"]) == cli.EXIT_OK
+    rec = json.loads((tmp_path / "aud" / "results.jsonl").read_text())
+    assert rec["verdict"] == "block" and rec["matches"][0]["track"]["name"] == "Viola"
+    pages = list((tmp_path / "aud" / "evidence").glob("*.html"))  # drawn from the viola's line
+    assert len(pages) == 1 and "data:image/png;base64" in pages[0].read_text()
 
 
 def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):
