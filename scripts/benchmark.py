@@ -505,6 +505,80 @@ def memorization_section(enc: Encoder, pool, *, n: int, seed: int, index_kind: s
     return out
 
 
+def tracks_section(enc: Encoder, pool, *, seed: int, index_kind: str, n: int = 20) -> dict[str, Any]:
+    """``check --tracks all`` against the melody line alone: multi-track arrangements of held-out
+    tunes (lead = the tune transposed, plus bass, piano chords, pad, a random counter-line and
+    drums) against 1,000 held-out works; and the same arrangements with the tune moved to an
+    inner voice under an unrelated lead."""
+    import io
+
+    import pretty_midi
+
+    from melodyguard.detect import check_file
+    from melodyguard.index import Catalogue
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    cat_tunes = [pool[i] for i in order[:1000]]
+    others = [pool[i] for i in order[1000:1000 + n]]
+
+    def song(tune: Melody, lead: Melody, *, hidden: bool) -> bytes:
+        pm = pretty_midi.PrettyMIDI(initial_tempo=100)
+        spb = 0.6
+
+        def add(name, prog, notes, drum=False):
+            inst = pretty_midi.Instrument(prog, is_drum=drum, name=name)
+            for p, o, d in notes:
+                inst.notes.append(pretty_midi.Note(90, int(p), o * spb, (o + d) * spb))
+            pm.instruments.append(inst)
+
+        t = [(p + 2, o, d * 0.9) for p, o, d in zip(tune.pitches, tune.onsets_beats, tune.durations_beats)]
+        if hidden:  # the tune an octave down in a viola, an unrelated tune on top
+            add("Lead", 73, [(p + 12, o, d * 0.9) for p, o, d in zip(lead.pitches, lead.onsets_beats, lead.durations_beats)])
+            add("Viola", 41, [(p - 12, o, d) for p, o, d in t])
+        else:
+            add("Lead", 73, t)
+        end = float(max(tune.onsets_beats[-1], lead.onsets_beats[-1]) + 4)
+        add("Bass", 33, [(rng.integers(36, 48), b, 0.9) for b in np.arange(0, end, 1.0)])
+        add("Piano", 0, [(60 + x, b, 1.9) for b in np.arange(0, end, 2.0) for x in (0, 4, 7)])
+        add("Pad", 89, [(55 + x, b, 3.9) for b in np.arange(0, end, 4.0) for x in (0, 3, 7)])
+        add("Counter", 71, [(rng.integers(60, 72), b, 0.45) for b in np.arange(0, end, 0.5)])
+        add("Drums", 0, [(36, b, 0.1) for b in np.arange(0, end, 0.5)], drum=True)
+        buf = io.BytesIO()
+        pm.write(buf)
+        return buf.getvalue()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mg-tracks-"))
+    out: dict[str, Any] = {"rows": []}
+    try:
+        cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
+        cat.add_melodies([{"melody": t.melody, "sha256": t.key} for t in cat_tunes])
+        wid = {w.sha256: w.id for w in cat.works()}
+        src = rng.choice(len(cat_tunes), size=n, replace=False)
+        cases = {"tune in the lead": [(cat_tunes[i], others[j], False) for j, i in enumerate(src)],
+                 "tune in an inner voice": [(cat_tunes[i], others[j], True) for j, i in enumerate(src)],
+                 "no tune of the catalogue": [(others[j], others[(j + 1) % n], False) for j in range(n)]}
+        check_file(song(cat_tunes[0].melody, others[0].melody, hidden=False), cat, filename="w.mid", tracks="all")
+        for name, items in cases.items():
+            for mode in ("melody", "all"):
+                hits, flagged, lat = 0, 0, []
+                for tune, lead, hidden in items:
+                    data = song(tune.melody, lead.melody, hidden=hidden)
+                    t0 = time.perf_counter()
+                    rep = check_file(data, cat, filename="song.mid", tracks=mode)
+                    lat.append(time.perf_counter() - t0)
+                    flagged += rep["verdict"] != "clear"
+                    hits += bool(rep["matches"]) and rep["matches"][0]["work"]["id"] == wid.get(tune.key)
+                out["rows"].append({"songs": name, "tracks": mode, "n": len(items),
+                                    "recall@1": round(hits / len(items), 3) if name != "no tune of the catalogue" else None,
+                                    "flagged": round(flagged / len(items), 3),
+                                    "latency_ms_p50": round(1000 * float(np.median(lat)), 1)})
+        cat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def generation_section(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
     """Simple statistics of generated melodies against held-out corpus melodies (first 32 beats)."""
     from melodyguard.model.generate import sample_melodies
@@ -597,6 +671,11 @@ def print_markdown(results: dict[str, Any]) -> None:
                 "equal notes in flagged matches (median)"],
                [[r["queries"], r["n"], f"{r['review_rate']:.3f}", f"{r['block_rate']:.3f}", r["minus_log10_e_p99"],
                  r["median_equal_notes_flagged"]] for r in d["rows"]])
+    if "tracks" in results:
+        _table("Multi-track MIDI: the melody line against every line (1,000 held-out works)",
+               ["songs (6 tracks)", "--tracks", "n", "recall@1", "flagged review or block", "latency p50 (ms, with parsing)"],
+               [[r["songs"], r["tracks"], r["n"], "—" if r["recall@1"] is None else f"{r['recall@1']:.3f}",
+                 f"{r['flagged']:.3f}", r["latency_ms_p50"]] for r in results["tracks"]["rows"]])
     for key in sorted(k for k in results if k.startswith("null_")):
         d = results[key]
         _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works",
@@ -615,7 +694,7 @@ def print_markdown(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", nargs="*", default=["model", "generation", "memorization", "detect", "null", "parse"])
+    ap.add_argument("--sections", nargs="*", default=["model", "generation", "memorization", "detect", "null", "tracks", "parse"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[1000, 10000])
     ap.add_argument("--queries", type=int, default=200, help="source works per level")
     ap.add_argument("--negatives", type=int, default=500)
@@ -654,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memorization" in a.sections:
         results["memorization"] = memorization_section(enc, pool, n=300, seed=a.seed, index_kind=a.index_kind)
         print(json.dumps(results["memorization"]), flush=True)
+    if "tracks" in a.sections:
+        results["tracks"] = tracks_section(enc, pool, seed=a.seed, index_kind=a.index_kind)
+        print(json.dumps(results["tracks"]), flush=True)
     if "parse" in a.sections:
         results["parse"] = parse_latency(enc, pool, n=100, seed=a.seed)
     results["seconds"] = round(time.time() - t0, 1)
