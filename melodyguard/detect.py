@@ -393,8 +393,7 @@ def _match_entry(melody: Melody, catalogue: Any, e: float, w: int, ref: Melody, 
                 {"id": work.id, "external_id": None, "title": "(private work)", "owner": work.owner, "private": True},
         "evalue": e,
         "score": {
-            "evalue": float(f"{e:.4g}"),
-            "p_chance": float(f"{-np.expm1(-e):.4g}"),
+            **_chance(e),
             "alignment_score": round(main.score, 3),
             "total_alignment_score": round(total_score, 3),
         },
@@ -407,6 +406,11 @@ def _match_entry(melody: Melody, catalogue: Any, e: float, w: int, ref: Melody, 
         # "repeats_joined": matched with runs of repeated notes joined on both sides (audio).
         "matched_as": "repeats_joined" if best_v else "notes",
     }
+
+
+def _chance(e: float) -> dict[str, float]:
+    """A report's E-value and the probability of at least one such match by chance (4 digits)."""
+    return {"evalue": float(f"{e:.4g}"), "p_chance": float(f"{-np.expm1(-e):.4g}")}
 
 
 def _verdict(e: float, config: DetectConfig) -> str:
@@ -506,8 +510,7 @@ def check_tracks(
     for c, rep in reports:
         for m in rep["matches"]:
             e = min(float(m["score"]["evalue"]) * k, 1e300)
-            m = {**m, "score": {**m["score"], "evalue": float(f"{e:.4g}"), "p_chance": float(f"{-np.expm1(-e):.4g}"),
-                                "lines_checked": k},
+            m = {**m, "score": {**m["score"], **_chance(e), "lines_checked": k},
                  "verdict": _verdict(e, config), "track": {"index": c.track, "name": c.name}}
             key = m["work"]["id"] if m["work"]["id"] is not None else id(m)
             if key not in best or e < best[key]["score"]["evalue"]:

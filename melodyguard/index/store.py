@@ -151,12 +151,13 @@ def require_works(catalogue: Any) -> int:
         where = Path(catalogue) if catalogue else catalogue_dir()
         db = where / "catalogue.sqlite"
         n = 0
-        if db.is_file():
-            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+        if db.is_file():  # never create one here
+            con = connect(db, timeout=60.0)
             try:
                 n = int(con.execute("SELECT COUNT(*) FROM works").fetchone()[0])
-            except sqlite3.OperationalError:  # no works table yet
-                n = 0
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
             finally:
                 con.close()
     if n == 0:
