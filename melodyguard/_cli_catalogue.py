@@ -196,8 +196,7 @@ def describe(rep: dict[str, Any]) -> str:
     for m in rep["matches"]:
         stock = " [stock material]" if m["stock"]["is_stock"] else ""
         where = match_sentence(m, seconds=q.get("source") == "audio", beats=bool(q.get("has_beats", True)))
-        track = f"track {m['track']['index']} ({m['track']['name'] or 'unnamed'}): " if m.get("track") else ""
-        lines.append(f"  [{m['verdict']}] {track}{where}; E-value {m['score']['evalue']:.3g}{stock}")
+        lines.append(f"  [{m['verdict']}] {where}; E-value {m['score']['evalue']:.3g}{stock}")
     if not rep["matches"]:
         lines.append("  no candidate matches")
     return "\n".join(lines)

@@ -27,8 +27,10 @@ def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool 
         where = f"{q['seconds'][0]:.1f}-{q['seconds'][1]:.1f} s" + (f" (bars {q['bars'][0]}-{q['bars'][1]})" if beats else "")
     else:
         where = f"bars {q['bars'][0]}-{q['bars'][1]}"
+    track = match.get("track")  # check --tracks all: which line of the query
+    query = f"the query's track {track['index']} ({track['name'] or 'unnamed'})" if track else "the query"
     return (
-        f"{where} of the query match bars {r['bars'][0]}-{r['bars'][1]} of '{w['title']}' "
+        f"{where} of {query} match bars {r['bars'][0]}-{r['bars'][1]} of '{w['title']}' "
         f"(owner: {w['owner'] or 'unknown'}), transposed {match['transposition_semitones']:+d} semitones, "
         f"tempo x{match['tempo_ratio']:.2f}, {seg['matched_notes']} of {seg['aligned_notes']} notes"
     )
@@ -39,7 +41,9 @@ def score_sentence(match: dict[str, Any], n_works: int) -> str:
     return (
         f"E-value {e:.3g}: a match at least this strong is expected {e:.3g} times by chance when a "
         f"melody this long is compared with this catalogue of {n_works} works "
-        f"(chance probability {match['score']['p_chance']:.3g})."
+        f"(chance probability {match['score']['p_chance']:.3g})"
+        + (f", counting each of the {match['score']['lines_checked']} lines of the query checked." if
+           match["score"].get("lines_checked", 1) > 1 else ".")
     )
 
 

@@ -315,8 +315,9 @@ def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, r
     cat.close()
     capsys.readouterr()
     assert cli.main(["check", str(f), "--tracks", "all", "--html", str(tmp_path / "e.html")]) == cli.EXIT_BLOCK
-    assert "track 1 (Viola)" in capsys.readouterr().out
-    assert (tmp_path / "e.html").read_text().count("data:image/png;base64") >= 1
+    assert "of the query's track 1 (Viola) match bars" in capsys.readouterr().out
+    page = (tmp_path / "e.html").read_text()
+    assert page.count("data:image/png;base64") >= 1 and "track 1 (Viola)" in page and "2 lines of the query" in page
     assert cli.main(["audit", str(f), "--out", str(tmp_path / "aud"), "--tracks", "all", "--quiet"]) == cli.EXIT_OK
     rec = json.loads((tmp_path / "aud" / "results.jsonl").read_text())
     assert rec["verdict"] == "block" and rec["matches"][0]["track"]["name"] == "Viola"
