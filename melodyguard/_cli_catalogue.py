@@ -249,6 +249,17 @@ _cmd_check.setup = _setup_check  # type: ignore[attr-defined]
 command("check", "check files against the catalogue; exit 0 clear, 10 review, 20 block, 3 error")(_cmd_check)
 
 
+def _cmd_schema(a: argparse.Namespace) -> int:
+    from .schema import report_json_schema
+
+    print(json.dumps(report_json_schema(), indent=2))
+    return EXIT_OK
+
+
+_cmd_schema.setup = lambda p: None  # type: ignore[attr-defined]
+command("schema", "print the JSON Schema of check's reports (melodyguard.report/1)")(_cmd_schema)
+
+
 # --------------------------------------------------------------------------- audit
 def _setup_audit(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", type=Path, help="files or folders (searched for MIDI and audio)")

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from melodyguard import Catalogue
 from melodyguard.api import Settings, create_app
 from melodyguard.api.keys import KeyStore
+from melodyguard.schema import validate_report
 
 
 def _midi(m, shift: int = 0) -> bytes:
@@ -126,6 +127,7 @@ def test_private_works_are_matched_without_leaking(api_env):
             rep = r.json()
             assert rep["verdict"] == "block"
             top = rep["matches"][0]
+            validate_report(rep)  # redaction keeps the documented schema
             assert top["work"] == {"id": None, "external_id": None, "title": "(private work)", "owner": None, "private": True}
             assert "Unreleased" not in r.text and "SECRET" not in r.text and "beta" not in r.text
             assert top["segments"] and "pairs" not in top["segments"][0]
@@ -171,6 +173,7 @@ def test_checks_limits_and_bad_input(api_env):
         r = c.post("/v1/checks?tracks=all&format=html", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
         assert r.status_code == 200 and r.headers["x-melodyguard-verdict"] == "block" and "data:image/png" in r.text
         r = c.post("/v1/checks?tracks=all", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        validate_report(r.json())
         assert r.json()["matches"][0]["track"]["index"] == 0 and r.json()["query"]["tracks_checked"][0]["track"] == 0
         r = c.post("/v1/checks?tracks=some", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
         assert r.status_code == 422

@@ -22,6 +22,7 @@ from melodyguard.errors import (
 from melodyguard.fingerprint import extract_melody
 from melodyguard.fingerprint.audio import AudioConfig, melody_from_audio
 from melodyguard.render import add_noise, render_midi, wav_bytes
+from melodyguard.schema import validate_report
 
 pytestmark = pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth is not installed")
 SR = 22050
@@ -184,6 +185,7 @@ def test_audio_evidence_speaks_in_seconds(catalogue, tmp_path):
     data = _render(mels[21], program=81, shift=1)
     rep = check_file(data, cat, filename="take.wav")
     assert rep["query"]["source"] == "audio" and rep["query"]["tracker"] == "swift-f0"
+    validate_report(rep)
     out = write_html_report(rep, cat, tmp_path / "r.html", query_source=data)
     html = out.read_text()
     assert " s (bars " in html or " s of the query" in html

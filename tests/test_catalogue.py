@@ -28,6 +28,7 @@ from melodyguard.errors import (
     WorkNotFoundError,
 )
 from melodyguard.model.encoder import Encoder
+from melodyguard.schema import report_json_schema, validate_report
 
 
 @pytest.fixture
@@ -233,6 +234,8 @@ def test_cli_check_exit_codes_and_json_lines(tmp_path, rng, capsys, monkeypatch)
     assert cli.main(["check", str(copy), str(other), "--json"]) == cli.EXIT_BLOCK
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert [x["verdict"] for x in lines] == ["block", "clear"]
+    for x in lines:
+        validate_report(x)
     assert lines[0]["matches"][0]["work"]["title"] == "Original" and lines[0]["schema"] == "melodyguard.report/1"
     assert cli.main(["check", str(bad)]) == cli.EXIT_ERROR
     assert "not a Standard MIDI File" in capsys.readouterr().err
@@ -299,6 +302,7 @@ def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, r
     plain = check_file(f, cat)
     assert plain["query"]["track_name"] == "Lead melody" and plain["verdict"] == "clear"
     rep = check_file(f, cat, tracks="all")
+    validate_report(rep)
     assert rep["verdict"] == "block"
     top = rep["matches"][0]
     assert top["work"]["title"] == "tune 5" and top["track"] == {"index": 1, "name": "Viola"}
@@ -607,3 +611,26 @@ def test_detection_verifies_figure_candidates_and_keeps_them_current(shipped_enc
     cat.add_melodies([{"melody": m, "sha256": "f" * 64, "title": "again"}])
     assert len(cat.figures()) == 12
     cat.close()
+
+
+def test_report_schema_is_documented_and_strict(catalogue, capsys):
+    """docs/report.schema.json is what `melodyguard schema` prints, and the schema refuses a
+    report with an undocumented or a missing field."""
+    import copy
+
+    from pydantic import ValidationError
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "report.schema.json"
+    assert json.loads(doc.read_text()) == report_json_schema()
+    assert cli.main(["schema"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out) == report_json_schema()
+    cat, mels = catalogue
+    rep = check_melody(mels[4], cat)
+    assert validate_report(rep).matches[0].segments[0].matched_notes == len(mels[4])
+    extra = copy.deepcopy(rep)
+    extra["matches"][0]["confidence"] = 0.9
+    missing = copy.deepcopy(rep)
+    del missing["matches"][0]["score"]["evalue"]
+    for bad in (extra, missing):
+        with pytest.raises(ValidationError):
+            validate_report(bad)

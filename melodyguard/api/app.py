@@ -50,6 +50,7 @@ from ..errors import (
 )
 from ..fingerprint import sniff_format
 from ..index import require_works
+from ..schema import Report
 from .jobs import JobStore, JobWorker, results_csv
 from .keys import KeyStore, Principal
 from .limits import BodyLimitMiddleware, RateLimiter, read_zip
@@ -323,7 +324,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------------ checks
     @app.post("/v1/checks", summary="Check a file against the catalogue",
               responses={**_errors(*_AUTH_ERRORS, *_UPLOAD_ERRORS, 409),
-                         200: {"content": {"application/json": {}, "text/html": {}},
+                         200: {"model": Report, "content": {"application/json": {}, "text/html": {}},
                                "description": "the JSON report (schema melodyguard.report/1), or HTML"}})
     async def post_check(
         request: Request,
