@@ -266,6 +266,13 @@ def test_audits_files_zip_and_results(api_env):
         st = _wait_done(c, r.json()["id"], keys["acme"])
         assert st["verdicts"] == {"block": 2}
 
+        r = c.post("/v1/audits?tracks=all", headers=H(keys["screener"]), files=files[:1])
+        job = r.json()["id"]
+        _wait_done(c, job, keys["screener"])
+        rep = json.loads(c.get(f"/v1/audits/{job}/results", headers=H(keys["screener"])).text.strip())
+        assert rep["verdict"] == "block" and rep["matches"][0]["track"]["index"] == 0
+        assert c.post("/v1/audits?tracks=some", headers=H(keys["screener"]), files=files[:1]).status_code == 422
+
 
 def test_zip_limits(api_env):
     path, mels, keys = api_env
@@ -323,3 +330,24 @@ def test_web_page_and_openapi(api_env):
                   "/v1/audits/{job_id}/results", "/healthz", "/readyz", "/metrics"):
             assert p in paths
         assert "401" in paths["/v1/checks"]["post"]["responses"]
+
+
+def test_job_store_from_before_the_tracks_setting_is_migrated(tmp_path):
+    import sqlite3
+
+    from melodyguard.api.jobs import JobStore
+
+    db = tmp_path / "api.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE audit_jobs (id TEXT PRIMARY KEY, key_id TEXT NOT NULL, role TEXT NOT NULL,
+            owner TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, total INTEGER NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL, lease_until REAL NOT NULL DEFAULT 0);
+        INSERT INTO audit_jobs VALUES ('a' , 'k1', 'screener', '', 'queued', 1, 't', 't', 0);
+    """)
+    con.commit()
+    con.close()
+    store = JobStore(db, tmp_path / "jobs")
+    assert store.job("a")["tracks"] == "melody"  # old jobs keep the old behaviour
+    new = store.create([("x.mid", b"MThd")], key_id="k2", role="screener", owner="", tracks="all")
+    assert store.job(new["id"])["tracks"] == "all"

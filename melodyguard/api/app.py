@@ -349,6 +349,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request: Request,
         who: Anyone,
         files: Annotated[list[UploadFile], File(description="MIDI/audio files, or one .zip of them")],
+        tracks: Annotated[Literal["melody", "all"], Query(
+            description="MIDI: the melody line only (default), or every pitched line (as for a check)",
+        )] = "melody",
     ) -> JSONResponse:
         if len(files) > settings.max_audit_files:
             raise HTTPException(422, detail=f"{len(files)} files; an audit takes at most {settings.max_audit_files}")
@@ -368,7 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, detail=f"{len(items)} files; an audit takes at most {settings.max_audit_files}")
         await run_in_threadpool(require_works, request.app.state.catalogue)  # 409 rather than a job of errors
         status = await run_in_threadpool(request.app.state.jobs.create, items, key_id=who.key_id, role=who.role,
-                                         owner=who.owner)
+                                         owner=who.owner, tracks=tracks)
         return JSONResponse(status, status_code=202, headers={"Location": f"/v1/audits/{status['id']}"})
 
     def _own_job(request: Request, who: Principal, job_id: str) -> dict[str, Any]:
@@ -432,6 +435,6 @@ def _check(cat: Any, data: bytes, name: str, who: Principal, html: bool,
 def _audit_check(cat: Any, path: Any, name: str, job: dict[str, Any]) -> dict[str, Any]:
     from ..detect import check_file
 
-    rep = check_file(path, cat, filename=name)
+    rep = check_file(path, cat, filename=name, tracks=job.get("tracks") or "melody")
     rep, _ = redact_report(rep, Principal(job["key_id"], job["role"], job["owner"]), cat)
     return rep

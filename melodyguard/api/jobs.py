@@ -55,9 +55,13 @@ class JobStore:
         self._con = ThreadConnections(self.db).get
         with self._con() as con:
             con.executescript(_SCHEMA)
+            cols = {r[1] for r in con.execute("PRAGMA table_info(audit_jobs)")}
+            if "tracks" not in cols:  # job stores made before audits took the tracks setting
+                con.execute("ALTER TABLE audit_jobs ADD COLUMN tracks TEXT NOT NULL DEFAULT 'melody'")
 
-    def create(self, files: list[tuple[str, bytes]], *, key_id: str, role: str, owner: str) -> dict[str, Any]:
-        """Save the files and queue a job; returns its status."""
+    def create(self, files: list[tuple[str, bytes]], *, key_id: str, role: str, owner: str,
+               tracks: str = "melody") -> dict[str, Any]:
+        """Save the files and queue a job (``tracks``: as for a check); returns its status."""
         if not files:
             raise InvalidInputError("an audit needs at least one file")
         job_id = uuid.uuid4().hex
@@ -68,8 +72,9 @@ class JobStore:
                 (folder / f"{i:05d}.bin").write_bytes(data)
             with self._con() as con:
                 now = _now()
-                con.execute("INSERT INTO audit_jobs (id, key_id, role, owner, status, total, created_at, updated_at)"
-                            " VALUES (?,?,?,?,?,?,?,?)", (job_id, key_id, role, owner, "queued", len(files), now, now))
+                con.execute("INSERT INTO audit_jobs (id, key_id, role, owner, status, total, created_at, updated_at,"
+                            " tracks) VALUES (?,?,?,?,?,?,?,?,?)",
+                            (job_id, key_id, role, owner, "queued", len(files), now, now, tracks))
                 con.executemany("INSERT INTO audit_files (job_id, idx, name) VALUES (?,?,?)",
                                 [(job_id, i, name[:200]) for i, (name, _) in enumerate(files)])
         except BaseException:
@@ -79,11 +84,11 @@ class JobStore:
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         r = self._con().execute(
-            "SELECT id, key_id, role, owner, status, total, created_at, updated_at FROM audit_jobs WHERE id=?", (job_id,)
-        ).fetchone()
+            "SELECT id, key_id, role, owner, status, total, created_at, updated_at, tracks FROM audit_jobs WHERE id=?",
+            (job_id,)).fetchone()
         if r is None:
             return None
-        return dict(zip(("id", "key_id", "role", "owner", "status", "total", "created_at", "updated_at"), r))
+        return dict(zip(("id", "key_id", "role", "owner", "status", "total", "created_at", "updated_at", "tracks"), r))
 
     def status(self, job_id: str) -> dict[str, Any]:
         j = self.job(job_id)
