@@ -314,6 +314,25 @@ class Alignment:
         return int(self.query_idx.size)
 
 
+def _kernel_inputs(
+    q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray,
+    q_weight: np.ndarray | None, r_weight: np.ndarray | None, scoring: Scoring,
+) -> tuple[np.ndarray, ...]:
+    """What the alignment kernels take of two melodies: pitches, log2 IOIs, note weights (1
+    when not given or not ``scoring.weighted``) and the ornament arrays (:func:`_ornaments`),
+    query side then reference side for each."""
+    qp = np.ascontiguousarray(q_pitch, dtype=np.int64)
+    rp = np.ascontiguousarray(r_pitch, dtype=np.int64)
+    ql = np.log2(np.ascontiguousarray(q_ioi, dtype=np.float64))
+    rl = np.log2(np.ascontiguousarray(r_ioi, dtype=np.float64))
+    use_w = scoring.weighted
+    wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
+    wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
+    q_ml, q_ok = _ornaments(qp, ql, scoring)
+    r_ml, r_ok = _ornaments(rp, rl, scoring)
+    return qp, ql, rp, rl, wq, wr, q_ml, q_ok, r_ml, r_ok
+
+
 def align_notes(
     q_pitch: np.ndarray,
     q_ioi: np.ndarray,
@@ -334,19 +353,12 @@ def align_notes(
     ``q_weight`` / ``r_weight`` scale the reward of each matched note (see :func:`note_weights`);
     1 when not given.
     """
-    qp = np.ascontiguousarray(q_pitch, dtype=np.int64)
-    rp = np.ascontiguousarray(r_pitch, dtype=np.int64)
-    ql = np.log2(np.ascontiguousarray(q_ioi, dtype=np.float64))
-    rl = np.log2(np.ascontiguousarray(r_ioi, dtype=np.float64))
+    qp, ql, rp, rl, wq, wr, q_ml, q_ok, r_ml, r_ok = _kernel_inputs(q_pitch, q_ioi, r_pitch, r_ioi, q_weight,
+                                                                    r_weight, scoring)
     logr = float(np.log2(max(tempo_ratio, 1e-6)))
     bq = np.zeros(qp.size, dtype=np.bool_)
     br = np.zeros(rp.size, dtype=np.bool_)
-    use_w = scoring.weighted
-    wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
-    wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
     prm = scoring.array()
-    q_ml, q_ok = _ornaments(qp, ql, scoring)
-    r_ml, r_ok = _ornaments(rp, rl, scoring)
     out: list[Alignment] = []
     for _ in range(max_segments):
         score, iq, ir = _sw_notes(qp, ql, rp, rl, int(transposition), logr, bq, br, wq, wr, q_ml, q_ok, r_ml, r_ok, prm)
@@ -374,17 +386,10 @@ def best_scores(
     traceback: for choosing the shift before aligning at it. Shape ``(len(shifts),)``."""
     if not shifts:
         return np.zeros(0)
-    qp = np.ascontiguousarray(q_pitch, dtype=np.int64)
-    rp = np.ascontiguousarray(r_pitch, dtype=np.int64)
-    ql = np.log2(np.ascontiguousarray(q_ioi, dtype=np.float64))
-    rl = np.log2(np.ascontiguousarray(r_ioi, dtype=np.float64))
+    qp, ql, rp, rl, wq, wr, q_ml, q_ok, r_ml, r_ok = _kernel_inputs(q_pitch, q_ioi, r_pitch, r_ioi, q_weight,
+                                                                    r_weight, scoring)
     ts = np.array([int(t) for t, _ in shifts], dtype=np.int64)
     lr = np.array([float(np.log2(max(r, 1e-6))) for _, r in shifts], dtype=np.float64)
-    use_w = scoring.weighted
-    wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
-    wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
-    q_ml, q_ok = _ornaments(qp, ql, scoring)
-    r_ml, r_ok = _ornaments(rp, rl, scoring)
     return np.asarray(_sw_scores(qp, ql, rp, rl, ts, lr, wq, wr, q_ml, q_ok, r_ml, r_ok, scoring.array()))
 
 

@@ -501,10 +501,11 @@ def check_tracks(
     k = len(lines)
     reports = []
     melodies: dict[int | None, Melody] = {}
+    file_info = query_info(lines[0].melody, data, name)  # name, hash, format: the same for every line
     for c in lines:
         mel = c.melody
         melodies[c.track] = mel
-        info = query_info(mel, data, name) | {"track": c.track, "track_name": c.name}
+        info = file_info | {"track": c.track, "track_name": c.name}
         reports.append((c, check_melody(mel, catalogue, config=config, query_info=info)))
     best: dict[Any, dict[str, Any]] = {}
     for c, rep in reports:

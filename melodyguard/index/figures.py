@@ -21,7 +21,6 @@ since are dropped on load.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -96,19 +95,18 @@ class FigureIndex:
     def save(self, folder: Path) -> None:
         """Write the postings to ``folder/figures.npz`` and its manifest atomically (temp
         files, then rename), so that loading needs neither parsing nor sorting."""
-        from ..model.encoder import sha256_file
+        from .vectors import save_with_manifest
 
         self._build()
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"figures.npz.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, work_ids=np.asarray(sorted(self._ids), np.int64), keys=self._keys, work=self._work,
-                     pitch=self._pitch, log_ioi=self._log_ioi, pos=self._pos, df_keys=self._df_keys, df=self._df)
-        manifest = {"format_version": FIGURES_FORMAT_VERSION, "works": len(self._ids), "sha256": sha256_file(tmp)}
-        mtmp = folder / f"figures.manifest.json.tmp{os.getpid()}"
-        mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        os.replace(tmp, folder / "figures.npz")
-        os.replace(mtmp, folder / "figures.manifest.json")
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, work_ids=np.asarray(sorted(self._ids), np.int64), keys=self._keys, work=self._work,
+                         pitch=self._pitch, log_ioi=self._log_ioi, pos=self._pos, df_keys=self._df_keys, df=self._df)
+
+        save_with_manifest(folder, "figures.npz", "figures.manifest.json", write,
+                           lambda digest: {"format_version": FIGURES_FORMAT_VERSION, "works": len(self._ids),
+                                           "sha256": digest})
 
     @classmethod
     def load(cls, folder: Path) -> FigureIndex | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,22 @@ __all__ = ["INDEX_FORMAT_VERSION", "AUTO_FLAT_MAX", "VectorIndex", "IndexManifes
 INDEX_FORMAT_VERSION = 1
 AUTO_FLAT_MAX = 100_000
 KINDS = ("auto", "flat", "ivf", "hnsw")
+
+
+def save_with_manifest(folder: Path, data_name: str, manifest_name: str, write: Callable[[Path], None],
+                       manifest: Callable[[str], dict[str, Any]]) -> None:
+    """Write ``folder/data_name`` (``write`` fills a temp file) and ``folder/manifest_name`` (the
+    dict ``manifest`` makes of the data's sha256) atomically: both go to temp files first, then
+    are renamed into place, data before manifest."""
+    from ..model.encoder import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{data_name}.tmp{os.getpid()}"
+    write(tmp)
+    mtmp = folder / f"{manifest_name}.tmp{os.getpid()}"
+    mtmp.write_text(json.dumps(manifest(sha256_file(tmp)), indent=2, sort_keys=True))
+    os.replace(tmp, folder / data_name)
+    os.replace(mtmp, folder / manifest_name)
 
 
 @dataclass(frozen=True)
@@ -148,21 +165,18 @@ class VectorIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, folder: Path) -> None:
         """Write ``index.faiss`` and its manifest atomically (temp file, then rename)."""
-        from ..model.encoder import sha256_file
-
         faiss = _faiss()
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f"index.faiss.tmp{os.getpid()}"
-        faiss.write_index(self._index, str(tmp))
-        digest = sha256_file(tmp)
-        m = self.manifest
-        self.manifest = IndexManifest(
-            m.format_version, m.kind, m.dim, m.metric, m.encoder, m.generation, self.ntotal, m.max_vid, digest, m.params,
-        )
-        mtmp = folder / f"index.manifest.json.tmp{os.getpid()}"
-        mtmp.write_text(json.dumps(self.manifest.to_dict(), indent=2, sort_keys=True))
-        os.replace(tmp, folder / "index.faiss")
-        os.replace(mtmp, folder / "index.manifest.json")
+
+        def manifest(digest: str) -> dict[str, Any]:
+            m = self.manifest
+            self.manifest = IndexManifest(
+                m.format_version, m.kind, m.dim, m.metric, m.encoder, m.generation, self.ntotal, m.max_vid, digest,
+                m.params,
+            )
+            return self.manifest.to_dict()
+
+        save_with_manifest(folder, "index.faiss", "index.manifest.json",
+                           lambda tmp: faiss.write_index(self._index, str(tmp)), manifest)
 
     @classmethod
     def load(cls, folder: Path, *, encoder: str, dim: int) -> VectorIndex:
