@@ -520,6 +520,43 @@ def test_benchmark_counts_tied_works_as_a_random_order():
     assert r1 == 0.0 and rr == pytest.approx((1 / 2 + 1 / 3 + 1 / 4) / 3)
 
 
+def test_benchmark_counts_verbatim_holders_of_the_copied_notes_as_one(rng):
+    """A catalogue work holding the copied notes verbatim (any key, any pace) is a second right
+    answer; one with a changed note or rhythm is not."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_for_test2", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    src = random_melody(rng, 40)
+    p, o, d = src
+    ex = slice(10, 24)
+    other = random_melody(rng, 30)
+    # work 1: the 14 notes 7 semitones up at half pace, inside other material
+    dup_p = np.concatenate([other[0][:5], p[ex] + 7, other[0][5:]])
+    exo = (o[ex] - o[10]) * 2
+    dup_o = np.concatenate([other[1][:5], other[1][5] + exo, other[1][5:] + exo[-1] + 2 * d[23]])
+    dup_d = np.concatenate([other[2][:5], 2 * d[ex], other[2][5:]])
+    # work 2: the same with one pitch changed; work 3: with one note's rhythm changed
+    near_p = dup_p.copy()
+    near_p[12] += 1
+    near_o = dup_o.copy()
+    near_o[11] += 0.25 * (near_o[12] - near_o[11])
+    tunes = [SimpleNamespace(melody=Melody.from_notes(*x)) for x in
+             (src, (dup_p, dup_o, dup_d), (near_p, dup_o, dup_d), (dup_p, near_o, dup_d), other)]
+    qs = [{"source": 0, "excerpt_start": 10, "excerpt_notes": 14}, {"source": 0}, {"source": 4}]
+    bench.mark_verbatim_holders(tunes, qs)
+    assert qs[0]["holders"] == {0, 1}
+    assert qs[1]["holders"] == {0} and qs[2]["holders"] == {4}
+    # a tie of the source with its duplicate is a hit; a better non-holder is not
+    assert bench.dups_as_one(np.array([9.0, 9.0, 3.0]), [1, 0, 2], {0, 1}) == (1.0, 1.0)
+    assert bench.dups_as_one(np.array([9.0, 9.0, 3.0]), [2, 0, 1], {0, 1}) == (0.5, pytest.approx(0.75))
+    assert bench.dups_as_one(np.array([9.0, 5.0]), [2, 3], {0, 1}) == (0.0, 0.0)
+
+
 def _lifted(rng, src, host, *, at: int, n: int, up: int, pace: float):
     """``n`` notes of ``src`` (from note 10), ``up`` semitones higher and ``pace`` times
     slower, inserted into ``host`` before note ``at``."""
