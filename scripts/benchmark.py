@@ -60,16 +60,18 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
     rng = np.random.default_rng(seed)
     L = enc.config.window_length
     # All hop-1 windows of the held-out tunes (capped), with their source note ranges.
-    P, R, src = [], [], []
+    p_l: list[np.ndarray] = []
+    r_l: list[np.ndarray] = []
+    src_l: list[tuple[int, int]] = []
     for ti, t in enumerate(tunes):
         p, o, d = notes_of(t.melody)
         ioi = note_iois(o, d)
         for s in range(0, max(1, len(p) - L + 1)):
             pt, rt, _, _ = encode_notes(p[s:s + L], ioi[s:s + L], length=L)
-            P.append(pt)
-            R.append(rt)
-            src.append((ti, s))
-    P, R, src = np.asarray(P), np.asarray(R), np.asarray(src)
+            p_l.append(pt)
+            r_l.append(rt)
+            src_l.append((ti, s))
+    P, R, src = np.asarray(p_l), np.asarray(r_l), np.asarray(src_l)
     if len(P) > n_windows:
         keep = np.sort(rng.choice(len(P), size=n_windows, replace=False))
         P, R, src = P[keep], R[keep], src[keep]
@@ -348,7 +350,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
             return np.array([align_intervals(qp, qi, p, i) for p, i in cat_notes])
 
         bl_lat = []
-        bq = {}
+        bq: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for q in queries:
             bq.setdefault((q["kind"], q["level"]), []).append(q)
         for qs in bq.values():
@@ -368,7 +370,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
 
         rows = []
         for (kind, level), qs in bq.items():
-            ranks = np.array([q["rank"] for q in qs])
+            rank_arr = np.array([q["rank"] for q in qs])
             scores = np.array([q["score"] for q in qs])
             sub = [q for q in qs if "bl_rank" in q]
             bs = np.array([q["bl_score"] for q in sub])
@@ -379,7 +381,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
                 "kind": kind, "level": level, "queries": len(qs),
                 "recall@1": round(float(np.mean([q["r1"] for q in qs])), 4),
                 "mrr": round(float(np.mean([q["rr"] for q in qs])), 4),
-                "recall@1_strict": round(float(np.mean(ranks == 1)), 4),
+                "recall@1_strict": round(float(np.mean(rank_arr == 1)), 4),
                 "tpr@1%fpr": round(tpr_at_fpr(scores, negs), 4),
                 "flagged_default": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
                 **({"passage_recall@1": round(float(np.mean([q["passage_r1"] for q in qs])), 4),
@@ -649,7 +651,7 @@ def generation_section(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, An
 
     def stats(mels) -> dict[str, Any]:
         iv = np.zeros(25)
-        du = {}
+        du: dict[float, int] = {}
         ranges, variety = [], []
         for m in mels:
             p = np.asarray(m.pitches)

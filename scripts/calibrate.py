@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,11 +187,11 @@ def thresholds(a) -> int:
     with tempfile.TemporaryDirectory() as d:
         cat = Catalogue(Path(d) / "c", encoder=load_encoder())
         cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title} for t in cat_t])
-        ev = []
+        evs: list[float] = []
         for t in neg:
             rep = check_melody(t.melody, cat)
-            ev.append(rep["matches"][0]["score"]["evalue"] if rep["matches"] else 1e9)
-    ev = np.sort(np.asarray(ev))
+            evs.append(rep["matches"][0]["score"]["evalue"] if rep["matches"] else 1e9)
+    ev = np.sort(np.asarray(evs))
     out = {"negatives": int(ev.size), "catalogue": len(cat_t), "quantile_1pct": float(np.quantile(ev, 0.01)),
            "quantile_5pct": float(np.quantile(ev, 0.05)), "min": float(ev[0]), "lowest_10": ev[:10].tolist(),
            "command": f"python scripts/calibrate.py --thresholds --seed {a.seed}"}
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(a.seed)
     bg = background_of(tunes)
     scoring = DEFAULT_SCORING
-    search = []
+    search: list[Any] = []
     if a.search:
         nulls = null_pairs(tunes, 1500, rng)
         positives = positive_pairs(tunes, 100, rng)

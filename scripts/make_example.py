@@ -38,13 +38,17 @@ def main() -> int:
     rng = np.random.default_rng(2026)
 
     def new_line(n_beats: float, start_pitch: int) -> tuple[list[int], list[float], list[float]]:
-        P, O, D = [], [], []
+        P: list[int] = []
+        O: list[float] = []
+        D: list[float] = []
         t, p = 0.0, start_pitch
         while t < n_beats - 1e-9:
             d = float(rng.choice([0.5, 0.5, 1.0, 1.0, 1.5, 2.0]))
             d = min(d, n_beats - t)
             p = int(np.clip(p + rng.choice([-3, -2, -1, 0, 1, 2, 4]), 62, 81))
-            P.append(p), O.append(t), D.append(d)
+            P.append(p)
+            O.append(t)
+            D.append(d)
             t += d
         return P, O, D
 
