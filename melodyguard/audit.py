@@ -209,7 +209,8 @@ def _run_audit_locked(
             ex.shutdown()
     bar.close()
     ordered = [done[str(f)] for f in files if str(f) in done]
-    write_summary(ordered, out, catalogue_dir=catalogue_dir, weights=weights, html_evidence=html_evidence)
+    write_summary(ordered, out, catalogue_dir=catalogue_dir, weights=weights, html_evidence=html_evidence,
+                  progress=progress)
     counts: dict[str, int] = {}
     for r in ordered:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
@@ -224,8 +225,11 @@ def _segments_text(m: dict[str, Any]) -> str:
 
 
 def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir: Path | None = None,
-                  weights: Path | None = None, html_evidence: bool = True) -> None:
-    """``summary.csv``, ``report.html`` and per-file evidence pages for finished reports."""
+                  weights: Path | None = None, html_evidence: bool = True, progress: bool = False) -> None:
+    """``summary.csv``, ``report.html`` and per-file evidence pages for finished reports (pages
+    already written by an earlier run are kept)."""
+    from tqdm import tqdm
+
     ranked = sorted(
         range(len(reports)),
         key=lambda i: (_RISK.get(reports[i]["verdict"], 9),
@@ -246,6 +250,8 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
         cat = Catalogue(catalogue_dir, encoder=load_encoder(weights), persist_index=False)
     rows = []
     ev_dir = out / "evidence"
+    flagged = sum(r["verdict"] in ("block", "review") for r in reports) if cat is not None else 0
+    bar = tqdm(total=flagged, desc="evidence", unit="page", disable=not progress or not flagged)
     for rank, i in enumerate(ranked):
         r = reports[i]
         link = ""
@@ -258,6 +264,7 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
                     write_html_report(r, cat, page, query_source=r["query"]["path"])
                 except MelodyGuardError:
                     page = None  # type: ignore[assignment]
+            bar.update()
             if page is not None:
                 link = f"<a href='evidence/{page.name}'>evidence</a>"
         m = r["matches"][0] if r.get("matches") else None
@@ -267,6 +274,7 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
             f"<td>{html.escape(m['work']['title']) if m else ''}</td><td>{m['score']['evalue'] if m else ''}</td>"
             f"<td>{html.escape(_segments_text(m)) if m else html.escape(r.get('error', ''))}</td><td>{link}</td></tr>"
         )
+    bar.close()
     from .evidence import _CSS
 
     page_html = (

@@ -1,6 +1,8 @@
 """Evidence for people: plain-language match lines, piano rolls and a self-contained HTML report.
 
-The HTML has every picture embedded as a base64 PNG and loads nothing from the network.
+The HTML draws every piano roll as inline SVG (vector, so it zooms for print and court
+exhibits; each note names itself on hover) and loads nothing from the network.
+:func:`piano_roll_png` draws the same picture as a PNG with matplotlib, for documents.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from .fingerprint.melody import Melody
 
-__all__ = ["match_sentence", "score_sentence", "piano_roll_png", "render_html", "write_html_report"]
+__all__ = ["match_sentence", "score_sentence", "piano_roll_svg", "piano_roll_png", "render_html", "write_html_report"]
 
 
 def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool = True) -> str:
@@ -47,17 +50,17 @@ def score_sentence(match: dict[str, Any], n_works: int) -> str:
     )
 
 
-def piano_roll_png(query: Melody, ref: Melody, match: dict[str, Any], *, context_notes: int = 6) -> bytes:
-    """Two aligned piano rolls (query above, reference below) of a match's first segment.
+_NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_MATCHED, _ALIGNED, _CONTEXT = "#d62728", "#1f77b4", "#bbbbbb"
 
-    The query is shown transposed back by the match's transposition, so equal pitches line up.
-    Matched notes (equal pitch) are highlighted; bar lines carry bar numbers.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _note_name(pitch: int) -> str:
+    return f"{_NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
+
+def _panels(query: Melody, ref: Melody, match: dict[str, Any], context_notes: int) -> list[dict[str, Any]]:
+    """What both piano rolls draw: per panel the notes around the match's first segment (the
+    query transposed back so that equal pitches line up), their colours and the bar lines."""
     seg = match["segments"][0]
     pairs = np.asarray(seg.get("pairs") or [], dtype=np.int64).reshape(-1, 2)
     shift = -int(match["transposition_semitones"])
@@ -65,40 +68,117 @@ def piano_roll_png(query: Melody, ref: Melody, match: dict[str, Any], *, context
     ra, rb = seg["reference"]["start_note"], seg["reference"]["end_note"]
     matched_q = {int(i) for i, j in pairs if query.pitches[i] + shift == ref.pitches[j]}
     matched_r = {int(j) for i, j in pairs if query.pitches[i] + shift == ref.pitches[j]}
-    fig, axes = plt.subplots(2, 1, figsize=(10, 4.6), dpi=90)
-    for ax, mel, a, b, matched, label, sh in (
-        (axes[0], query, qa, qb, matched_q, "query (transposition undone)", shift),
-        (axes[1], ref, ra, rb, matched_r, f"reference: {match['work']['title']}", 0),
+    panels = []
+    for mel, a, b, matched, label, sh in (
+        (query, qa, qb, matched_q, "query (transposition undone)", shift),
+        (ref, ra, rb, matched_r, f"reference: {match['work']['title']}", 0),
     ):
         lo, hi = max(0, a - context_notes), min(len(mel), b + context_notes + 1)
-        on = mel.onsets_beats[lo:hi]
-        du = mel.durations_beats[lo:hi]
-        pi = mel.pitches[lo:hi] + sh
-        for k in range(hi - lo):
-            idx = lo + k
-            inside = a <= idx <= b
-            color = "#d62728" if idx in matched else ("#1f77b4" if inside else "#bbbbbb")
-            ax.add_patch(plt.Rectangle((on[k], pi[k] - 0.4), max(du[k] * 0.95, 0.05), 0.8, color=color))
+        on = np.asarray(mel.onsets_beats[lo:hi], np.float64)
+        du = np.asarray(mel.durations_beats[lo:hi], np.float64)
+        pi = np.asarray(mel.pitches[lo:hi], np.int64) + sh
+        colors = [_MATCHED if lo + k in matched else (_ALIGNED if a <= lo + k <= b else _CONTEXT) for k in range(hi - lo)]
         x0, x1 = float(on[0]), float(on[-1] + du[-1])
         bars = mel.bars[lo:hi]
+        bar_lines = []  # (beat of the bar line or None when it lies left of the picture, label position, bar)
         for k in range(hi - lo):
             if k == 0 or bars[k] != bars[k - 1]:
-                bar_start = on[k] - mel.beats_in_bar[lo + k]
-                if bar_start >= x0 - 1e-6:
-                    ax.axvline(bar_start, color="#888888", lw=0.6)
-                ax.text(max(bar_start, x0), pi.max() + 1.6, f"bar {bars[k]}", fontsize=7, color="#555555")
-        track = mel.info.get("pitch_track") if mel is query else None
-        if track and len(mel) > 1:  # audio query: the extracted pitch track under its notes
-            t = np.asarray(track["times"], np.float64)
-            f = np.asarray([np.nan if v is None else v for v in track["midi"]], np.float64) + sh
+                bar_start = float(on[k] - mel.beats_in_bar[lo + k])
+                bar_lines.append((bar_start if bar_start >= x0 - 1e-6 else None, max(bar_start, x0), int(bars[k])))
+        track = None
+        pt = mel.info.get("pitch_track") if mel is query else None
+        if pt and len(mel) > 1:  # audio query: the extracted pitch track under its notes
+            t = np.asarray(pt["times"], np.float64)
+            f = np.asarray([np.nan if v is None else v for v in pt["midi"]], np.float64) + sh
             tb = np.interp(t, mel.onsets_seconds, mel.onsets_beats)
             sel = (tb >= x0) & (tb <= x1)
-            ax.plot(tb[sel], f[sel], color="#222222", lw=0.8, label="pitch track")
+            track = (tb[sel], f[sel])
+        panels.append({"label": label, "on": on, "du": du, "pi": pi, "colors": colors, "x0": x0, "x1": x1,
+                       "bar_lines": bar_lines, "track": track, "first": lo, "bars": np.asarray(bars),
+                       "shift": sh})
+    return panels
+
+
+def piano_roll_svg(query: Melody, ref: Melody, match: dict[str, Any], *, context_notes: int = 6,
+                   width: int = 900) -> str:
+    """Two aligned piano rolls (query above, reference below) of a match's first segment, as an
+    inline SVG element.
+
+    The query is shown transposed back by the match's transposition, so equal pitches line up.
+    Matched notes (equal pitch) are red, the rest of the aligned passage blue, context grey; bar
+    lines carry bar numbers, C lines their note names, and every note its number, bar and
+    pitch on hover. Hand-drawn: about a millisecond per picture, against a fifth of a second
+    for :func:`piano_roll_png`.
+    """
+    e = html.escape
+    left, right, top, panel_h, gap, bottom = 46, 12, 22, 170, 34, 30
+    plot_w = width - left - right
+    height = top + 2 * panel_h + gap + bottom
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='pianoroll' width='{width}' height='{height}' "
+           f"viewBox='0 0 {width} {height}' role='img' aria-label='piano rolls of the match: query above, reference below' "
+           "font-family='system-ui,sans-serif' font-size='11'>"]
+    for n, p in enumerate(_panels(query, ref, match, context_notes)):
+        y_top = top + n * (panel_h + gap)
+        lo_p, hi_p = int(p["pi"].min()) - 2, int(p["pi"].max()) + 3
+        span_x = max(p["x1"] - p["x0"], 1e-6)
+
+        def X(b: float, p: dict[str, Any] = p, span_x: float = span_x) -> float:
+            return left + (b - p["x0"]) / span_x * plot_w
+
+        def Y(v: float, y_top: int = y_top, lo_p: int = lo_p, hi_p: int = hi_p) -> float:
+            return y_top + (hi_p - v) / (hi_p - lo_p) * panel_h
+
+        out.append(f"<text x='{left}' y='{y_top - 6}' font-size='12'>{e(p['label'])}</text>")
+        out.append(f"<rect x='{left}' y='{y_top}' width='{plot_w}' height='{panel_h}' fill='none' stroke='#999'/>")
+        named = [c for c in range(lo_p + 1, hi_p) if c % 12 == 0] or [lo_p + 2]  # every C, else the lowest note
+        for c in named:  # a faint line and the note's name
+            out.append(f"<line x1='{left}' x2='{left + plot_w}' y1='{Y(c):.1f}' y2='{Y(c):.1f}' stroke='#eee'/>"
+                       f"<text x='{left - 4}' y='{Y(c) + 4:.1f}' text-anchor='end' fill='#555'>{_note_name(c)}</text>")
+        for beat, label_at, bar in p["bar_lines"]:
+            if beat is not None:
+                out.append(f"<line x1='{X(beat):.1f}' x2='{X(beat):.1f}' y1='{y_top}' y2='{y_top + panel_h}' "
+                           "stroke='#888' stroke-width='0.6'/>")
+            out.append(f"<text x='{X(label_at) + 2:.1f}' y='{y_top + 11}' font-size='9' fill='#555'>bar {bar}</text>")
+        row_h = panel_h / (hi_p - lo_p)
+        for k, (o, d, v, col) in enumerate(zip(p["on"].tolist(), p["du"].tolist(), p["pi"].tolist(), p["colors"])):
+            w = max(max(d * 0.95, 0.05) / span_x * plot_w, 1.0)
+            note = f"note {p['first'] + k + 1}, bar {int(p['bars'][k])}, {_note_name(v - p['shift'])}"
+            if p["shift"]:
+                note += f" (shown as {_note_name(v)})"
+            out.append(f"<rect x='{X(o):.1f}' y='{Y(v + 0.4):.1f}' width='{w:.1f}' height='{0.8 * row_h:.1f}' "
+                       f"fill='{col}'><title>{note}</title></rect>")
+        if p["track"] is not None and len(p["track"][0]):
+            pts = " ".join(f"{X(b):.1f},{Y(v):.1f}" for b, v in zip(*p["track"]) if np.isfinite(v))
+            out.append(f"<polyline points='{pts}' fill='none' stroke='#222' stroke-width='0.8'>"
+                       "<title>extracted pitch track</title></polyline>")
+    out.append(f"<text x='{left}' y='{height - 10}' fill='#333'><tspan fill='{_MATCHED}'>red: matched notes</tspan>, "
+               f"<tspan fill='{_ALIGNED}'>blue: the rest of the aligned passage</tspan>, grey: context. "
+               "Hover a note for its number, bar and pitch.</text></svg>")
+    return "".join(out)
+
+
+def piano_roll_png(query: Melody, ref: Melody, match: dict[str, Any], *, context_notes: int = 6) -> bytes:
+    """The picture of :func:`piano_roll_svg` as a PNG (matplotlib), for documents."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 4.6), dpi=90)
+    for ax, p in zip(axes, _panels(query, ref, match, context_notes)):
+        for o, d, v, col in zip(p["on"], p["du"], p["pi"], p["colors"]):
+            ax.add_patch(plt.Rectangle((o, v - 0.4), max(d * 0.95, 0.05), 0.8, color=col))
+        for beat, label_at, bar in p["bar_lines"]:
+            if beat is not None:
+                ax.axvline(beat, color="#888888", lw=0.6)
+            ax.text(label_at, p["pi"].max() + 1.6, f"bar {bar}", fontsize=7, color="#555555")
+        if p["track"] is not None:
+            ax.plot(*p["track"], color="#222222", lw=0.8, label="pitch track")
             ax.legend(loc="lower right", fontsize=7)
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(pi.min() - 2, pi.max() + 3)
+        ax.set_xlim(p["x0"], p["x1"])
+        ax.set_ylim(p["pi"].min() - 2, p["pi"].max() + 3)
         ax.set_ylabel("MIDI pitch")
-        ax.set_title(label, fontsize=9, loc="left")
+        ax.set_title(p["label"], fontsize=9, loc="left")
     axes[1].set_xlabel("beats (red: matched notes, blue: aligned passage, grey: context)")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -113,12 +193,13 @@ body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#22
 .block{background:#c0392b}.review{background:#e67e22}.clear{background:#27ae60}.error{background:#555}
 .match{border:1px solid #ddd;border-radius:6px;padding:1em;margin:1em 0}
 .stock{color:#8a6d3b;background:#fcf8e3;padding:.3em .5em;border-radius:4px}
-img{max-width:100%} table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:.2em .5em;font-size:90%}
+img,.roll svg{max-width:100%;height:auto} table{border-collapse:collapse} td,th{border:1px solid #ddd;padding:.2em .5em;font-size:90%}
 """
 
 
-def render_html(report: dict[str, Any], pictures: list[bytes | None], *, n_works: int) -> str:
-    """A self-contained HTML page for one report; ``pictures[i]`` belongs to ``report['matches'][i]``."""
+def render_html(report: dict[str, Any], pictures: Sequence[str | bytes | None], *, n_works: int) -> str:
+    """A self-contained HTML page for one report; ``pictures[i]`` belongs to ``report['matches'][i]``:
+    an SVG element (:func:`piano_roll_svg`), PNG bytes (:func:`piano_roll_png`) or None."""
     q = report["query"]
     e = html.escape
     audio = q.get("source") == "audio"
@@ -154,7 +235,9 @@ def render_html(report: dict[str, Any], pictures: list[bytes | None], *, n_works
         parts.append("<table><tr><th>#</th><th>query</th><th>reference</th><th>matched / aligned notes</th></tr>"
                      f"{rows}</table>")
         parts.append(f"<p>Coverage: {m['coverage']['query']:.0%} of the query, {m['coverage']['reference']:.0%} of the reference.</p>")
-        if pic:
+        if isinstance(pic, str):
+            parts.append(f"<div class='roll'>{pic}</div>")
+        elif pic:
             parts.append(f"<img alt='piano roll of the match' src='data:image/png;base64,{base64.b64encode(pic).decode()}'>")
         parts.append("</div>")
     parts.append("</body></html>")
@@ -169,7 +252,7 @@ def write_html_report(report: dict[str, Any], catalogue: Any, out: Path, *, quer
     if query_melody is None and query_source is not None:
         query_melody = extract_melody(query_source)
     lines: dict[int, Melody] = {}  # matches found in other lines (check --tracks all)
-    pictures: list[bytes | None] = []
+    pictures: list[str | None] = []
     for m in report["matches"]:
         q = query_melody
         track = (m.get("track") or {}).get("index")
@@ -180,7 +263,7 @@ def write_html_report(report: dict[str, Any], catalogue: Any, out: Path, *, quer
         if q is None:
             pictures.append(None)
             continue
-        pictures.append(piano_roll_png(q, catalogue.melody(m["work"]["id"]), m))
+        pictures.append(piano_roll_svg(q, catalogue.melody(m["work"]["id"]), m))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(report, pictures, n_works=catalogue.count()), encoding="utf-8")

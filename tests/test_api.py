@@ -134,7 +134,7 @@ def test_private_works_are_matched_without_leaking(api_env):
             html = c.post("/v1/checks?format=html", headers=H(keys[who]), files=q)
             assert html.status_code == 200 and "Unreleased" not in html.text
             first = html.text.split("<div class='match'>")[1]
-            assert "(private work)" in first and "data:image/png" not in first  # no picture of the secret melody
+            assert "(private work)" in first and "<svg" not in first  # no picture of the secret melody
         rep = c.post("/v1/checks", headers=H(keys["beta"]), files=q).json()
         assert rep["matches"][0]["work"]["title"] == "Unreleased Single"
         # another owner's public work shows only public fields (no metadata)
@@ -152,7 +152,7 @@ def test_checks_limits_and_bad_input(api_env):
         assert r.status_code == 200 and r.json()["verdict"] == "block" and r.json()["schema"] == "melodyguard.report/1"
         r = c.post("/v1/checks?format=html", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        assert r.headers["x-melodyguard-verdict"] == "block" and "data:image/png;base64" in r.text
+        assert r.headers["x-melodyguard-verdict"] == "block" and "<svg " in r.text
         r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", b"garbage bytes", "audio/midi")})
         assert r.status_code == 415 and "unrecognised format" in r.json()["detail"]
         r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", b"MThd" + b"\0" * 60_000, "audio/midi")})
@@ -171,7 +171,7 @@ def test_checks_limits_and_bad_input(api_env):
         r = c.post("/v1/checks?format=pdf", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
         assert r.status_code == 422
         r = c.post("/v1/checks?tracks=all&format=html", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
-        assert r.status_code == 200 and r.headers["x-melodyguard-verdict"] == "block" and "data:image/png" in r.text
+        assert r.status_code == 200 and r.headers["x-melodyguard-verdict"] == "block" and "<svg " in r.text
         r = c.post("/v1/checks?tracks=all", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
         validate_report(r.json())
         assert r.json()["matches"][0]["track"]["index"] == 0 and r.json()["query"]["tracks_checked"][0]["track"] == 0

@@ -152,7 +152,7 @@ def test_web_page_in_headless_chromium(server):
         assert page.inner_text("#verdict") == "BLOCK"
         frame = page.frame_locator("#report")
         assert "Acme Song 2" in frame.locator("body").inner_text()
-        assert frame.locator("img").count() >= 1  # the piano roll
+        assert frame.locator("svg.pianoroll").count() >= 1  # the piano roll
         page.screenshot(path=str(server["tmp"] / "web.png"), full_page=True)
         # a bad key is shown as an error, not a crash
         page.fill("#key", "mg_00000000_" + "x" * 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from conftest import make_catalogue_melodies, melody_midi, random_melody
 
@@ -35,10 +36,39 @@ def test_html_report_has_a_picture_per_match_and_no_network(small_catalogue, tmp
     assert rep["matches"] and rep["verdict"] == "block"
     out = write_html_report(rep, cat, tmp_path / "r.html", query_source=q)
     page = out.read_text()
-    assert page.count("src='data:image/png;base64,") == len(rep["matches"])
+    assert page.count("<svg ") == len(rep["matches"])
     assert not re.search(r"(src|href)=['\"]?https?://", page)
     assert "transposed +4 semitones" in match_sentence(rep["matches"][0])
     assert "tune 3" in page and "E-value" in page
+
+
+def test_piano_roll_svg_marks_the_matched_notes_and_escapes_titles(small_catalogue):
+    """Both panels draw the matched notes red (the query transposed back), every note says
+    where it is, a title cannot inject markup, and the PNG variant draws a PNG."""
+    import xml.etree.ElementTree as ET
+
+    from melodyguard.evidence import piano_roll_png, piano_roll_svg
+
+    cat, mels = small_catalogue
+    src = mels[5]
+    p, o, d = src.pitches, src.onsets_beats, src.durations_beats
+    q = Melody.from_notes(np.r_[p[:20] - 3, 70], np.r_[o[:20], o[19] + 2], np.r_[d[:20], 1.0])
+    rep = check_melody(q, cat)
+    m = rep["matches"][0]
+    assert m["work"]["id"] == cat.works()[5].id and m["transposition_semitones"] == -3
+    m["work"]["title"] = "</text><script>alert(1)</script>"
+    svg = piano_roll_svg(q, cat.melody(m["work"]["id"]), m)
+    root = ET.fromstring(svg)  # well-formed
+    ns = "{http://www.w3.org/2000/svg}"
+    assert not list(root.iter(ns + "script"))
+    red = [r for r in root.iter(ns + "rect") if r.get("fill") == "#d62728"]
+    seg = m["segments"][0]
+    assert len(red) == 2 * seg["matched_notes"]
+    titles = [r.find(ns + "title").text for r in red]
+    assert titles[0].startswith("note ") and ", bar " in titles[0]
+    assert any("(shown as " in t for t in titles[: len(titles) // 2])  # the query's notes, moved by +3
+    assert "&lt;script&gt;" in svg
+    assert piano_roll_png(q, cat.melody(m["work"]["id"]), m)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_check_html_cli(small_catalogue, tmp_path, monkeypatch, capsys):
@@ -47,7 +77,7 @@ def test_check_html_cli(small_catalogue, tmp_path, monkeypatch, capsys):
     q.write_bytes(melody_midi(mels[1].pitches, mels[1].onsets_beats, mels[1].durations_beats))
     code = cli.main(["check", str(q), "--html", str(tmp_path / "out.html"), "--catalogue", str(cat.path)])
     assert code == cli.EXIT_BLOCK
-    assert "data:image/png;base64" in (tmp_path / "out.html").read_text()
+    assert "<svg " in (tmp_path / "out.html").read_text()
 
 
 def _audit_files(tmp_path, mels, rng, n=10):

@@ -418,7 +418,7 @@ def _stem(file: UploadFile) -> str:
 def _check(cat: Any, data: bytes, name: str, who: Principal, html: bool,
            tracks: str = "melody") -> tuple[dict[str, Any], str | None]:
     from ..detect import check_file_lines
-    from ..evidence import piano_roll_png, render_html
+    from ..evidence import piano_roll_svg, render_html
 
     rep, lines = check_file_lines(data, cat, filename=name, tracks=tracks)
     melody = next(iter(lines.values()))
@@ -427,7 +427,7 @@ def _check(cat: Any, data: bytes, name: str, who: Principal, html: bool,
     rep, visible = redact_report(rep, who, cat)
     if not html:
         return rep, None
-    pics = [piano_roll_png(q, cat.melody(w), m) if ok else None
+    pics = [piano_roll_svg(q, cat.melody(w), m) if ok else None
             for (q, w), m, ok in zip(refs, rep["matches"], visible)]
     return rep, render_html(rep, pics, n_works=rep["catalogue"]["works"])
 
