@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, MelodyGuardError
+from .evidence import bar_span
 
 __all__ = ["collect_files", "run_audit", "self_audit", "write_summary"]
 
@@ -219,7 +220,7 @@ def _run_audit_locked(
 
 def _segments_text(m: dict[str, Any]) -> str:
     return "; ".join(
-        f"query bars {s['query']['bars'][0]}-{s['query']['bars'][1]} ~ ref bars {s['reference']['bars'][0]}-{s['reference']['bars'][1]}"
+        f"query {bar_span(s['query']['bars'])} ~ ref {bar_span(s['reference']['bars'])}"
         for s in m["segments"]
     )
 

@@ -18,7 +18,12 @@ import numpy as np
 
 from .fingerprint.melody import Melody
 
-__all__ = ["match_sentence", "score_sentence", "piano_roll_svg", "piano_roll_png", "render_html", "write_html_report"]
+__all__ = ["bar_span", "match_sentence", "score_sentence", "piano_roll_svg", "piano_roll_png", "render_html", "write_html_report"]
+
+
+def bar_span(bars: Sequence[int]) -> str:
+    """``[9, 12]`` -> "bars 9-12"; ``[11, 11]`` -> "bar 11"."""
+    return f"bar {bars[0]}" if bars[0] == bars[1] else f"bars {bars[0]}-{bars[1]}"
 
 
 def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool = True) -> str:
@@ -27,14 +32,15 @@ def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool 
     seg = match["segments"][0]
     q, r = seg["query"], seg["reference"]
     if seconds is True:  # audio: seconds first, bars too where a beat grid was found
-        where = f"{q['seconds'][0]:.1f}-{q['seconds'][1]:.1f} s" + (f" (bars {q['bars'][0]}-{q['bars'][1]})" if beats else "")
+        where = f"{q['seconds'][0]:.1f}-{q['seconds'][1]:.1f} s" + (f" ({bar_span(q['bars'])})" if beats else "")
     else:
-        where = f"bars {q['bars'][0]}-{q['bars'][1]}"
+        where = bar_span(q["bars"])
     track = match.get("track")  # check --tracks all: which line of the query
     query = f"the query's track {track['index']} ({track['name'] or 'unnamed'})" if track else "the query"
     return (
-        f"{where} of {query} match bars {r['bars'][0]}-{r['bars'][1]} of '{w['title']}' "
-        f"(owner: {w['owner'] or 'unknown'}), transposed {match['transposition_semitones']:+d} semitones, "
+        f"{where} of {query} {'matches' if where.startswith('bar ') else 'match'} {bar_span(r['bars'])} of '{w['title']}' "
+        f"(owner: {w['owner'] or 'unknown'}), transposed {match['transposition_semitones']:+d} "
+        f"semitone{'' if abs(match['transposition_semitones']) == 1 else 's'}, "
         f"tempo x{match['tempo_ratio']:.2f}, {seg['matched_notes']} of {seg['aligned_notes']} notes"
     )
 
@@ -226,9 +232,9 @@ def render_html(report: dict[str, Any], pictures: Sequence[str | bytes | None], 
             parts.append(f"<p class='stock'>Stock material: {m['stock']['similar_works']} other works share this passage "
                          "about as closely; it counts for less.</p>")
         rows = "".join(
-            f"<tr><td>{i + 1}</td><td>bars {s['query']['bars'][0]}-{s['query']['bars'][1]} "
+            f"<tr><td>{i + 1}</td><td>{bar_span(s['query']['bars'])} "
             f"({s['query']['seconds'][0]:.1f}-{s['query']['seconds'][1]:.1f} s)</td>"
-            f"<td>bars {s['reference']['bars'][0]}-{s['reference']['bars'][1]}</td>"
+            f"<td>{bar_span(s['reference']['bars'])}</td>"
             f"<td>{s['matched_notes']} / {s['aligned_notes']}</td></tr>"
             for i, s in enumerate(m["segments"])
         )

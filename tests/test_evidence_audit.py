@@ -39,6 +39,10 @@ def test_html_report_has_a_picture_per_match_and_no_network(small_catalogue, tmp
     assert page.count("<svg ") == len(rep["matches"])
     assert not re.search(r"(src|href)=['\"]?https?://", page)
     assert "transposed +4 semitones" in match_sentence(rep["matches"][0])
+    one = json.loads(json.dumps(rep["matches"][0]))
+    one["transposition_semitones"] = -1
+    one["segments"][0]["query"]["bars"] = [3, 3]
+    assert match_sentence(one).startswith("bar 3 of the query matches bar") and "transposed -1 semitone," in match_sentence(one)
     assert "tune 3" in page and "E-value" in page
 
 
