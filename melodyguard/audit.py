@@ -278,10 +278,12 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
     bar.close()
     from .evidence import _CSS
 
+    tally = {v: sum(r["verdict"] == v for r in reports) for v in ("block", "review", "clear", "error")}
+    counts = ", ".join(f"<span class='verdict {v}'>{n} {v}</span>" for v, n in tally.items() if n) or "none"
     page_html = (
         "<!doctype html><html><head><meta charset='utf-8'><title>melodyguard audit</title>"
         f"<style>{_CSS}</style></head><body><h1>melodyguard audit</h1>"
-        f"<p>{len(reports)} files, ranked by risk.</p><table><tr><th>#</th><th>verdict</th><th>file</th>"
+        f"<p>{len(reports)} files, ranked by risk: {counts}.</p><table><tr><th>#</th><th>verdict</th><th>file</th>"
         "<th>top work</th><th>E-value</th><th>segments</th><th></th></tr>" + "".join(rows) + "</table></body></html>"
     )
     (out / "report.html").write_text(page_html, encoding="utf-8")

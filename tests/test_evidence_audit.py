@@ -118,6 +118,10 @@ def test_audit_resumes_to_the_same_results(small_catalogue, tmp_path, rng):
     assert summary[0].startswith("file,verdict,top_work_id") and len(summary) == 11
     html = (tmp_path / "part" / "report.html").read_text()
     assert html.index("f00.mid") < html.index("f01.mid")  # ranked by risk: blocks first
+    n = {v: sum(json.loads(x)["verdict"] == v for x in (tmp_path / "part" / "results.jsonl").read_text().splitlines())
+         for v in ("block", "clear")}
+    assert f"10 files, ranked by risk: <span class='verdict block'>{n['block']} block</span>" in html
+    assert f"{n['clear']} clear</span>, <span class='verdict error'>1 error</span>" in html
     assert len(list((tmp_path / "part" / "evidence").glob("*.html"))) == 4
 
 
