@@ -113,8 +113,8 @@ def piano_roll_svg(query: Melody, ref: Melody, match: dict[str, Any], *, context
     The query is shown transposed back by the match's transposition, so equal pitches line up.
     Matched notes (equal pitch) are red, the rest of the aligned passage blue, context grey; bar
     lines carry bar numbers, C lines their note names, and every note its number, bar and
-    pitch on hover. Hand-drawn: about a millisecond per picture, against a fifth of a second
-    for :func:`piano_roll_png`.
+    pitch on hover. Hand-drawn: about 0.3 ms per picture, against 0.2 s for
+    :func:`piano_roll_png`.
     """
     e = html.escape
     left, right, top, panel_h, gap, bottom = 46, 12, 22, 170, 34, 30
@@ -140,11 +140,14 @@ def piano_roll_svg(query: Melody, ref: Melody, match: dict[str, Any], *, context
         for c in named:  # a faint line and the note's name
             out.append(f"<line x1='{left}' x2='{left + plot_w}' y1='{Y(c):.1f}' y2='{Y(c):.1f}' stroke='#eee'/>"
                        f"<text x='{left - 4}' y='{Y(c) + 4:.1f}' text-anchor='end' fill='#555'>{_note_name(c)}</text>")
+        last_label = -1e9
         for beat, label_at, bar in p["bar_lines"]:
             if beat is not None:
                 out.append(f"<line x1='{X(beat):.1f}' x2='{X(beat):.1f}' y1='{y_top}' y2='{y_top + panel_h}' "
                            "stroke='#888' stroke-width='0.6'/>")
-            out.append(f"<text x='{X(label_at) + 2:.1f}' y='{y_top + 11}' font-size='9' fill='#555'>bar {bar}</text>")
+            if X(label_at) - last_label >= 40:  # narrow bars: not every number, so none overlap
+                out.append(f"<text x='{X(label_at) + 2:.1f}' y='{y_top + 11}' font-size='9' fill='#555'>bar {bar}</text>")
+                last_label = X(label_at)
         row_h = panel_h / (hi_p - lo_p)
         for k, (o, d, v, col) in enumerate(zip(p["on"].tolist(), p["du"].tolist(), p["pi"].tolist(), p["colors"])):
             w = max(max(d * 0.95, 0.05) / span_x * plot_w, 1.0)
@@ -153,10 +156,17 @@ def piano_roll_svg(query: Melody, ref: Melody, match: dict[str, Any], *, context
                 note += f" (shown as {_note_name(v)})"
             out.append(f"<rect x='{X(o):.1f}' y='{Y(v + 0.4):.1f}' width='{w:.1f}' height='{0.8 * row_h:.1f}' "
                        f"fill='{col}'><title>{note}</title></rect>")
-        if p["track"] is not None and len(p["track"][0]):
-            pts = " ".join(f"{X(b):.1f},{Y(v):.1f}" for b, v in zip(*p["track"]) if np.isfinite(v))
-            out.append(f"<polyline points='{pts}' fill='none' stroke='#222' stroke-width='0.8'>"
-                       "<title>extracted pitch track</title></polyline>")
+        if p["track"] is not None and np.isfinite(p["track"][1]).any():
+            # one stroke per voiced run: unvoiced frames (NaN) leave gaps
+            d, pen = [], "M"
+            for b, v in zip(*p["track"]):
+                if np.isfinite(v) and lo_p <= v <= hi_p:  # outside the picture: a gap too
+                    d.append(f"{pen}{X(b):.1f},{Y(v):.1f}")
+                    pen = "L"
+                else:
+                    pen = "M"
+            out.append(f"<path d='{' '.join(d)}' fill='none' stroke='#222' stroke-width='0.8'>"
+                       "<title>extracted pitch track</title></path>")
     out.append(f"<text x='{left}' y='{height - 10}' fill='#333'><tspan fill='{_MATCHED}'>red: matched notes</tspan>, "
                f"<tspan fill='{_ALIGNED}'>blue: the rest of the aligned passage</tspan>, grey: context. "
                "Hover a note for its number, bar and pitch.</text></svg>")
