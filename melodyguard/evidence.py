@@ -184,10 +184,13 @@ def piano_roll_png(query: Melody, ref: Melody, match: dict[str, Any], *, context
     for ax, p in zip(axes, _panels(query, ref, match, context_notes)):
         for o, d, v, col in zip(p["on"], p["du"], p["pi"], p["colors"]):
             ax.add_patch(plt.Rectangle((o, v - 0.4), max(d * 0.95, 0.05), 0.8, color=col))
+        px_per_beat, last_label = 800 / max(p["x1"] - p["x0"], 1e-6), -1e9  # about 800 px of plot
         for beat, label_at, bar in p["bar_lines"]:
             if beat is not None:
                 ax.axvline(beat, color="#888888", lw=0.6)
-            ax.text(label_at, p["pi"].max() + 1.6, f"bar {bar}", fontsize=7, color="#555555")
+            if (label_at - last_label) * px_per_beat >= 40:  # as in the SVG: no overlapping numbers
+                ax.text(label_at, p["pi"].max() + 1.6, f"bar {bar}", fontsize=7, color="#555555")
+                last_label = label_at
         if p["track"] is not None:
             ax.plot(*p["track"], color="#222222", lw=0.8, label="pitch track")
             ax.legend(loc="lower right", fontsize=7)
