@@ -178,6 +178,8 @@ _SEVERITY = {"clear": (0, EXIT_OK), "error": (1, EXIT_ERROR), "review": (2, EXIT
 def _setup_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", type=Path, help="MIDI or audio files, or folders of them")
     p.add_argument("--json", action="store_true", help="one JSON report per line")
+    p.add_argument("--all-matches", action="store_true",
+                   help="text output: also list the candidates below the review threshold (JSON and HTML always do)")
     p.add_argument("--html", type=Path, help="write an HTML evidence report (one file: this path; several: a folder)")
     p.add_argument("--review-evalue", type=float, default=None)
     p.add_argument("--block-evalue", type=float, default=None)
@@ -187,16 +189,26 @@ def _setup_check(p: argparse.ArgumentParser) -> None:
     _catalogue_arg(p)
 
 
-def describe(rep: dict[str, Any]) -> str:
-    """One plain-language paragraph for a report."""
+def describe(rep: dict[str, Any], *, all_matches: bool = False) -> str:
+    """One plain-language paragraph for a report: every ``review`` or ``block`` match, then one
+    line for the weaker candidates (each of them too with ``all_matches``)."""
     from .evidence import match_sentence
 
     q = rep["query"]
     lines = [f"{q.get('path', '<query>')}: {rep['verdict'].upper()} ({q['n_notes']} notes)"]
-    for m in rep["matches"]:
+    shown = [m for m in rep["matches"] if all_matches or m["verdict"] != "clear"]
+    for m in shown:
         stock = " [stock material]" if m["stock"]["is_stock"] else ""
         where = match_sentence(m, seconds=q.get("source") == "audio", beats=bool(q.get("has_beats", True)))
         lines.append(f"  [{m['verdict']}] {where}; E-value {m['score']['evalue']:.3g}{stock}")
+    weak = [m for m in rep["matches"] if m not in shown]
+    if weak:
+        best = min(weak, key=lambda m: m["score"]["evalue"])
+        review = rep.get("thresholds", {}).get("review_evalue")
+        head = f"nothing reaches the review threshold (E <= {review:g}); " if not shown and review else ""
+        lines.append(f"  {head}{len(weak)} weaker candidate{'s' if len(weak) > 1 else ''} "
+                     f"(best: '{best['work']['title']}', E-value {best['score']['evalue']:.3g}); "
+                     f"--all-matches, --json or --html list {'them' if len(weak) > 1 else 'it'}")
     if not rep["matches"]:
         lines.append("  no candidate matches")
     return "\n".join(lines)
@@ -234,7 +246,7 @@ def _cmd_check(a: argparse.Namespace) -> int:
         if a.json:
             print(json.dumps(rep, default=_json_default))
         elif verdict != "error":
-            print(describe(rep))
+            print(describe(rep, all_matches=a.all_matches))
         if a.html and verdict != "error":
             from .evidence import write_html_report
 

@@ -75,6 +75,27 @@ def test_piano_roll_svg_marks_the_matched_notes_and_escapes_titles(small_catalog
     assert piano_roll_png(q, cat.melody(m["work"]["id"]), m)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_check_text_lists_flagged_matches_and_sums_up_the_rest(small_catalogue, tmp_path, capsys):
+    from melodyguard._cli_catalogue import describe
+
+    cat, mels = small_catalogue
+    q = tmp_path / "q.mid"
+    q.write_bytes(melody_midi(mels[2].pitches + 2, mels[2].onsets_beats, mels[2].durations_beats))
+    rep = check_file(q, cat)
+    weak = [m for m in rep["matches"] if m["verdict"] == "clear"]
+    assert rep["verdict"] == "block" and weak  # the small catalogue's other works are weak candidates
+    text = describe(rep).splitlines()
+    assert text[1].startswith("  [block] ") and not any("[clear]" in x for x in text)
+    assert text[-1].startswith(f"  {len(weak)} weaker candidate") and "--all-matches" in text[-1]
+    full = describe(rep, all_matches=True).splitlines()
+    assert len(full) == 1 + len(rep["matches"]) and sum("[clear]" in x for x in full) == len(weak)
+    # nothing flagged: the threshold is named
+    quiet = dict(rep, verdict="clear", matches=weak)
+    assert describe(quiet).splitlines()[1].startswith("  nothing reaches the review threshold (E <= 0.0001); ")
+    assert cli.main(["check", str(q), "--all-matches", "--catalogue", str(cat.path)]) == cli.EXIT_BLOCK
+    assert capsys.readouterr().out.count("[clear]") == len(weak)
+
+
 def test_check_html_cli(small_catalogue, tmp_path, monkeypatch, capsys):
     cat, mels = small_catalogue
     q = tmp_path / "q.mid"
