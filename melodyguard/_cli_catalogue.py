@@ -201,7 +201,7 @@ def describe(rep: dict[str, Any], *, all_matches: bool = False) -> str:
         stock = " [stock material]" if m["stock"]["is_stock"] else ""
         where = match_sentence(m, seconds=q.get("source") == "audio", beats=bool(q.get("has_beats", True)))
         lines.append(f"  [{m['verdict']}] {where}; E-value {m['score']['evalue']:.3g}{stock}")
-    weak = [m for m in rep["matches"] if m not in shown]
+    weak = [] if all_matches else [m for m in rep["matches"] if m["verdict"] == "clear"]
     if weak:
         best = min(weak, key=lambda m: m["score"]["evalue"])
         review = rep.get("thresholds", {}).get("review_evalue")

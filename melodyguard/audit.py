@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, MelodyGuardError
-from .evidence import bar_span
+from .evidence import _CSS, bar_span, write_html_report
 
 __all__ = ["collect_files", "run_audit", "self_audit", "write_summary"]
 
@@ -257,8 +257,6 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
         r = reports[i]
         link = ""
         if cat is not None and r["verdict"] in ("block", "review"):
-            from .evidence import write_html_report
-
             page = ev_dir / f"{i:05d}.html"
             if not page.exists():
                 try:
@@ -276,8 +274,6 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
             f"<td>{html.escape(_segments_text(m)) if m else html.escape(r.get('error', ''))}</td><td>{link}</td></tr>"
         )
     bar.close()
-    from .evidence import _CSS
-
     tally = {v: sum(r["verdict"] == v for r in reports) for v in ("block", "review", "clear", "error")}
     counts = ", ".join(f"<span class='verdict {v}'>{n} {v}</span>" for v, n in tally.items() if n) or "none"
     page_html = (
