@@ -183,9 +183,9 @@ def _setup_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", type=Path, help="write an HTML evidence report (one file: this path; several: a folder)")
     p.add_argument("--review-evalue", type=float, default=None)
     p.add_argument("--block-evalue", type=float, default=None)
-    p.add_argument("--tracks", choices=["melody", "all"], default="melody",
-                   help="MIDI: check the melody line only (default), or every pitched line (a copy may hide in an "
-                        "inner voice; E-values are multiplied by the number of lines checked)")
+    p.add_argument("--tracks", choices=["melody", "all"], default="all",
+                   help="MIDI: check every pitched line (default; a copy may hide in an inner voice; E-values are "
+                        "corrected for the lines checked), or the melody line only (about 3x faster)")
     _catalogue_arg(p)
 
 
@@ -281,8 +281,8 @@ def _setup_audit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self", dest="self_audit", action="store_true",
                    help="list clusters of near-duplicate works inside the catalogue")
     p.add_argument("--no-html", action="store_true", help="skip the per-file evidence pages")
-    p.add_argument("--tracks", choices=["melody", "all"], default="melody",
-                   help="MIDI: the melody line only (default), or every pitched line (as for check)")
+    p.add_argument("--tracks", choices=["melody", "all"], default="all",
+                   help="MIDI: every pitched line (default), or the melody line only (as for check)")
     p.add_argument("--quiet", action="store_true")
     _catalogue_arg(p)
 

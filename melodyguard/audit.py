@@ -85,7 +85,7 @@ def _read_done(results: Path) -> dict[str, dict[str, Any]]:
 _W: dict[str, Any] = {}
 
 
-def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False, tracks: str = "melody") -> None:
+def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False, tracks: str = "all") -> None:
     import signal
 
     import torch
@@ -106,7 +106,7 @@ def _check_one(path: str) -> dict[str, Any]:
     from .detect import check_file
 
     try:
-        rep = check_file(path, _W["cat"], tracks=_W.get("tracks", "melody"))
+        rep = check_file(path, _W["cat"], tracks=_W.get("tracks", "all"))
         rep["query"]["path"] = path
         return rep
     except MelodyGuardError as exc:
@@ -126,7 +126,7 @@ def run_audit(
     html_evidence: bool = True,
     limit: int | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
-    tracks: str = "melody",
+    tracks: str = "all",
 ) -> dict[str, Any]:
     """Audit ``files`` into ``out``; resumes from ``out/results.jsonl``. Returns counts.
 
@@ -165,12 +165,13 @@ def _run_audit_locked(
     html_evidence: bool,
     limit: int | None,
     on_result: Callable[[dict[str, Any]], None] | None,
-    tracks: str = "melody",
+    tracks: str = "all",
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     results = out / "results.jsonl"
     done = _read_done(results)
+    _check_settings(out, {"tracks": tracks}, resuming=bool(done))
     todo = [str(f) for f in files if str(f) not in done]
     if limit is not None:
         todo = todo[:limit]
@@ -223,6 +224,25 @@ def _segments_text(m: dict[str, Any]) -> str:
         f"query {bar_span(s['query']['bars'])} ~ ref {bar_span(s['reference']['bars'])}"
         for s in m["segments"]
     )
+
+
+def _check_settings(out: Path, settings: dict[str, Any], *, resuming: bool) -> None:
+    """An audit's settings are kept in ``out/audit.json``; resuming with other settings would mix
+    two kinds of result in one report, so it is refused."""
+    path = out / "audit.json"
+    if resuming and path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        changed = {k: (old.get(k), v) for k, v in settings.items() if k in old and old[k] != v}
+        if changed:
+            what = ", ".join(f"--{k} {a} (now {b})" for k, (a, b) in changed.items())
+            raise InvalidInputError(f"{out} holds an audit run with {what}; resume it with the same settings "
+                                    "or choose another --out")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"format": 1, **settings}), encoding="utf-8")
+    tmp.replace(path)
 
 
 def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir: Path | None = None,

@@ -51,8 +51,9 @@ def score_sentence(match: dict[str, Any], n_works: int) -> str:
         f"E-value {e:.3g}: a match at least this strong is expected {e:.3g} times by chance when a "
         f"melody this long is compared with this catalogue of {n_works} works "
         f"(chance probability {match['score']['p_chance']:.3g})"
-        + (f", counting each of the {match['score']['lines_checked']} lines of the query checked." if
-           match["score"].get("lines_checked", 1) > 1 else ".")
+        + (f", corrected for the {match['score']['lines_checked']} lines of the query checked "
+           f"(x{match['score'].get('evalue_factor') or match['score']['lines_checked']:g} for this line)."
+           if (match["score"].get("lines_checked") or 1) > 1 else ".")
     )
 
 

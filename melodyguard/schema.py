@@ -78,7 +78,10 @@ class Score(_Strict):
     p_chance: float = Field(description="1 - exp(-evalue)")
     alignment_score: float
     total_alignment_score: float
-    lines_checked: int | None = Field(None, description="--tracks all: the E-value is multiplied by this")
+    lines_checked: int | None = Field(None, description="every line of a MIDI file checked: how many lines")
+    evalue_factor: float | None = Field(
+        None, description="every line checked: the line's E-values were multiplied by this (weighted Bonferroni: "
+                          "2 for the melody line, 2(k-1) for the other k-1 lines; 1 for a file of one line)")
 
 
 class Coverage(_Strict):

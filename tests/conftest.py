@@ -42,6 +42,20 @@ def melody_midi(pitches, onsets, durations, *, tempo: float = 120.0, program: in
     return buf.getvalue()
 
 
+def two_line_midi(lead, inner, *, tempo: float = 110.0) -> bytes:
+    """A lead line (flute, named as the melody) over an inner voice (viola, an octave lower)."""
+    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    spb = 60.0 / tempo
+    for (p, o, d), program, name, shift in ((lead, 73, "Lead melody", 0), (inner, 41, "Viola", -12)):
+        inst = pretty_midi.Instrument(program=program, name=name)
+        for pi, oi, di in zip(p, o, d):
+            inst.notes.append(pretty_midi.Note(90, int(pi) + shift, oi * spb, (oi + di * 0.95) * spb))
+        pm.instruments.append(inst)
+    buf = io.BytesIO()
+    pm.write(buf)
+    return buf.getvalue()
+
+
 def drums_only_midi() -> bytes:
     """MIDI bytes with 16 kick-drum hits and nothing else."""
     pm = pretty_midi.PrettyMIDI()

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import make_catalogue_melodies, melody_midi, random_melody
+from conftest import make_catalogue_melodies, melody_midi, random_melody, two_line_midi
 from fastapi.testclient import TestClient
 
 from melodyguard import Catalogue
@@ -20,6 +20,12 @@ from melodyguard.schema import validate_report
 
 def _midi(m, shift: int = 0) -> bytes:
     return melody_midi(m.pitches + shift, m.onsets_beats, m.durations_beats)
+
+
+def _hidden(m) -> bytes:
+    """A song whose lead copies nothing, with the tune ``m`` (+2) an octave down in a viola."""
+    lead = random_melody(np.random.default_rng(99), 48, low=72, high=88)
+    return two_line_midi(lead, (m.pitches + 2, m.onsets_beats, m.durations_beats))
 
 
 @pytest.fixture
@@ -170,11 +176,16 @@ def test_checks_limits_and_bad_input(api_env):
         assert r.status_code == 422 and "file" in json.dumps(r.json()["detail"])
         r = c.post("/v1/checks?format=pdf", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
         assert r.status_code == 422
-        r = c.post("/v1/checks?tracks=all&format=html", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        # A tune in the inner voice of a two-line file: found by default, not in the melody line alone.
+        song = _hidden(mels[2])
+        r = c.post("/v1/checks?format=html", headers=h, files={"file": ("q.mid", song, "audio/midi")})
         assert r.status_code == 200 and r.headers["x-melodyguard-verdict"] == "block" and "<svg " in r.text
-        r = c.post("/v1/checks?tracks=all", headers=h, files={"file": ("q.mid", _midi(mels[2], 1), "audio/midi")})
+        r = c.post("/v1/checks", headers=h, files={"file": ("q.mid", song, "audio/midi")})
         validate_report(r.json())
-        assert r.json()["matches"][0]["track"]["index"] == 0 and r.json()["query"]["tracks_checked"][0]["track"] == 0
+        assert r.json()["matches"][0]["track"] == {"index": 1, "name": "Viola"}
+        assert [t["track"] for t in r.json()["query"]["tracks_checked"]] == [0, 1]
+        r = c.post("/v1/checks?tracks=melody", headers=h, files={"file": ("q.mid", song, "audio/midi")})
+        assert r.status_code == 200 and r.json()["verdict"] == "clear" and "tracks_checked" not in r.json()["query"]
         r = c.post("/v1/checks?tracks=some", headers=h, files={"file": ("q.mid", _midi(mels[2]), "audio/midi")})
         assert r.status_code == 422
 
@@ -266,11 +277,15 @@ def test_audits_files_zip_and_results(api_env):
         st = _wait_done(c, r.json()["id"], keys["acme"])
         assert st["verdicts"] == {"block": 2}
 
-        r = c.post("/v1/audits?tracks=all", headers=H(keys["screener"]), files=files[:1])
+        r = c.post("/v1/audits", headers=H(keys["screener"]), files=[("files", ("song.mid", _hidden(mels[4]), "audio/midi"))])
         job = r.json()["id"]
         _wait_done(c, job, keys["screener"])
         rep = json.loads(c.get(f"/v1/audits/{job}/results", headers=H(keys["screener"])).text.strip())
-        assert rep["verdict"] == "block" and rep["matches"][0]["track"]["index"] == 0
+        assert rep["verdict"] == "block" and rep["matches"][0]["track"]["name"] == "Viola"
+        r = c.post("/v1/audits?tracks=melody", headers=H(keys["screener"]), files=[("files", ("song.mid", _hidden(mels[4]), "audio/midi"))])
+        _wait_done(c, r.json()["id"], keys["screener"])
+        rep = json.loads(c.get(f"/v1/audits/{r.json()['id']}/results", headers=H(keys["screener"])).text.strip())
+        assert rep["verdict"] == "clear"
         assert c.post("/v1/audits?tracks=some", headers=H(keys["screener"]), files=files[:1]).status_code == 422
 
 

@@ -14,9 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import drums_only_midi, make_catalogue_melodies, melody_midi, random_melody
+from conftest import (
+    drums_only_midi,
+    make_catalogue_melodies,
+    melody_midi,
+    random_melody,
+    two_line_midi,
+)
 
 from melodyguard import Catalogue, Melody, check_file, check_melody, cli, extract_melody
+from melodyguard.detect import line_factors
 from melodyguard.errors import (
     CorruptFileError,
     DuplicateWorkError,
@@ -273,35 +280,17 @@ def test_cli_refuses_an_empty_catalogue_and_takes_folders(tmp_path, rng, capsys,
     assert "without MIDI or audio files" in capsys.readouterr().err
 
 
-def _two_line_midi(lead, inner, *, tempo: float = 110.0) -> bytes:
-    """A lead line (flute, named as the melody) over an inner voice (viola, an octave lower)."""
-    import io
-
-    import pretty_midi
-
-    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
-    spb = 60.0 / tempo
-    for (p, o, d), program, name, shift in ((lead, 73, "Lead melody", 0), (inner, 41, "Viola", -12)):
-        inst = pretty_midi.Instrument(program=program, name=name)
-        for pi, oi, di in zip(p, o, d):
-            inst.notes.append(pretty_midi.Note(90, int(pi) + shift, oi * spb, (oi + di * 0.95) * spb))
-        pm.instruments.append(inst)
-    buf = io.BytesIO()
-    pm.write(buf)
-    return buf.getvalue()
-
-
 def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, rng, capsys, monkeypatch):
     cat, mels = catalogue
     src = mels[5]
     lead = random_melody(np.random.default_rng(99), 48, low=72, high=88)
     inner = (src.pitches[4:36] + 2, src.onsets_beats[4:36] - src.onsets_beats[4], src.durations_beats[4:36])
     f = tmp_path / "song.mid"
-    f.write_bytes(_two_line_midi(lead, inner))
+    f.write_bytes(two_line_midi(lead, inner))
     # The heuristics take the lead, which copies nothing.
-    plain = check_file(f, cat)
+    plain = check_file(f, cat, tracks="melody")
     assert plain["query"]["track_name"] == "Lead melody" and plain["verdict"] == "clear"
-    rep = check_file(f, cat, tracks="all")
+    rep = check_file(f, cat)  # every line, by default
     validate_report(rep)
     assert rep["verdict"] == "block"
     top = rep["matches"][0]
@@ -311,6 +300,7 @@ def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, r
     alone = check_melody(extract_melody(f, track=1), cat)["matches"][0]
     assert alone["work"]["id"] == top["work"]["id"]
     assert top["score"]["evalue"] == pytest.approx(2 * alone["score"]["evalue"], rel=1e-3)
+    assert top["score"]["lines_checked"] == 2 and top["score"]["evalue_factor"] == 2.0
     assert top["segments"][0]["matched_notes"] >= 28
     with pytest.raises(InvalidInputError, match="tracks"):
         check_file(f, cat, tracks="some")
@@ -318,15 +308,34 @@ def test_all_tracks_finds_a_tune_hidden_in_an_inner_voice(catalogue, tmp_path, r
     monkeypatch.setenv("MELODYGUARD_CATALOGUE", str(cat.path))
     cat.close()
     capsys.readouterr()
-    assert cli.main(["check", str(f), "--tracks", "all", "--html", str(tmp_path / "e.html")]) == cli.EXIT_BLOCK
+    assert cli.main(["check", str(f), "--tracks", "melody"]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert cli.main(["check", str(f), "--html", str(tmp_path / "e.html")]) == cli.EXIT_BLOCK
     assert "of the query's track 1 (Viola) match bars" in capsys.readouterr().out
     page = (tmp_path / "e.html").read_text()
     assert page.count("<svg ") >= 1 and "track 1 (Viola)" in page and "2 lines of the query" in page
-    assert cli.main(["audit", str(f), "--out", str(tmp_path / "aud"), "--tracks", "all", "--quiet"]) == cli.EXIT_OK
+    assert cli.main(["audit", str(f), "--out", str(tmp_path / "aud"), "--quiet"]) == cli.EXIT_OK
     rec = json.loads((tmp_path / "aud" / "results.jsonl").read_text())
     assert rec["verdict"] == "block" and rec["matches"][0]["track"]["name"] == "Viola"
     pages = list((tmp_path / "aud" / "evidence").glob("*.html"))  # drawn from the viola's line
     assert len(pages) == 1 and "<svg " in pages[0].read_text()
+    # Resuming that audit with the melody line only would mix two kinds of result: refused.
+    assert cli.main(["audit", str(f), "--out", str(tmp_path / "aud"), "--tracks", "melody", "--quiet"]) == cli.EXIT_ERROR
+    assert "--tracks all (now melody)" in capsys.readouterr().err
+    assert cli.main(["audit", str(f), "--out", str(tmp_path / "aud"), "--quiet"]) == cli.EXIT_OK
+
+
+def test_line_factors_spend_half_the_budget_on_the_melody_line():
+    assert line_factors(1) == [1.0]
+    assert line_factors(2) == [2.0, 2.0]
+    assert line_factors(5) == [2.0, 8.0, 8.0, 8.0, 8.0]
+    assert line_factors(5, melody_share=None) == [5.0] * 5
+    for k in range(1, 9):  # the weights sum to one: one file's chance of a false alarm is one line's
+        assert sum(1 / f for f in line_factors(k)) == pytest.approx(1.0)
+    with pytest.raises(InvalidInputError):
+        line_factors(3, melody_share=1.0)
+    with pytest.raises(InvalidInputError):
+        line_factors(0)
 
 
 def test_bundled_example_blocks_in_a_small_catalogue(tmp_path, shipped_encoder):

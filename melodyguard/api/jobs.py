@@ -60,7 +60,7 @@ class JobStore:
                 con.execute("ALTER TABLE audit_jobs ADD COLUMN tracks TEXT NOT NULL DEFAULT 'melody'")
 
     def create(self, files: list[tuple[str, bytes]], *, key_id: str, role: str, owner: str,
-               tracks: str = "melody") -> dict[str, Any]:
+               tracks: str = "all") -> dict[str, Any]:
         """Save the files and queue a job (``tracks``: as for a check); returns its status."""
         if not files:
             raise InvalidInputError("an audit needs at least one file")
