@@ -59,7 +59,7 @@ from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
 from .index.store import require_works
 
-__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "Calibration", "load_calibration", "check_melody",
+__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "DEFAULT_TRACKS", "Calibration", "load_calibration", "check_melody",
            "check_file", "check_file_lines", "check_tracks", "line_factors"]
 
 REPORT_SCHEMA = "melodyguard.report/1"
@@ -423,6 +423,8 @@ def _verdict(e: float, config: DetectConfig) -> str:
 
 #: ``tracks`` settings of :func:`check_file`: the melody line only, or every pitched line
 TRACK_MODES = ("melody", "all")
+#: what check_file, audits and the API check in a MIDI file unless told otherwise
+DEFAULT_TRACKS = "all"
 #: most lines ``tracks="all"`` checks (the best-scored melody candidates first)
 MAX_TRACKS = 8
 #: share of a file's false-alarm budget given to the line the heuristics call the melody when
@@ -452,7 +454,7 @@ def check_file(
     *,
     config: DetectConfig = DEFAULT_DETECT,
     filename: str | None = None,
-    tracks: str = "all",
+    tracks: str = DEFAULT_TRACKS,
 ) -> dict[str, Any]:
     """Extract the melody of a file and check it (see :func:`check_melody`).
 
@@ -470,7 +472,7 @@ def check_file_lines(
     *,
     config: DetectConfig = DEFAULT_DETECT,
     filename: str | None = None,
-    tracks: str = "all",
+    tracks: str = DEFAULT_TRACKS,
 ) -> tuple[dict[str, Any], dict[int | None, Melody]]:
     """:func:`check_file`, also returning the melody of each line checked (by MIDI track;
     ``None`` for audio), which the evidence pictures need."""

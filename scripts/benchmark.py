@@ -573,6 +573,59 @@ def memorization_section(enc: Encoder, pool, *, n: int, seed: int, index_kind: s
     return out
 
 
+def chorale_songs(n: int) -> list[bytes]:
+    """The first ``n`` Bach chorales of music21's corpus as 4-track MIDI files (soprano, alto,
+    tenor, bass), real multi-line music in which the three lower voices are real melodic lines
+    that copy nothing. Parsed notes are cached in ``~/.cache/melodyguard/chorale_parts_v1.json``
+    (music21 parses about 3 chorales/s)."""
+    import io
+
+    import pretty_midi
+
+    from melodyguard.corpus import _corpus_root
+
+    cache = Path.home() / ".cache" / "melodyguard" / "chorale_parts_v1.json"
+    parts: dict[str, list[list[list[float]]]] = json.loads(cache.read_text()) if cache.exists() else {}
+    paths = sorted((_corpus_root() / "bach").glob("bwv*.mxl"))
+    out = []
+    for path in paths:
+        if len(out) == n:
+            break
+        if path.name not in parts:
+            import warnings
+
+            from music21 import converter
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sc = converter.parse(str(path))
+            voices = []
+            for part in list(sc.parts)[:4]:
+                notes = []
+                for el in part.stripTies().flatten().notes:
+                    if el.quarterLength > 0 and not el.duration.isGrace:
+                        notes.append([float(max(p.midi for p in el.pitches)), float(el.offset), float(el.quarterLength)])
+                voices.append(notes)
+            parts[path.name] = voices
+        voices = parts[path.name]
+        if len(voices) != 4 or min(len(v) for v in voices) < 8:
+            continue
+        pm = pretty_midi.PrettyMIDI(initial_tempo=80)
+        for (name, prog), notes in zip((("Soprano", 52), ("Alto", 53), ("Tenor", 52), ("Bass", 42)), voices):
+            inst = pretty_midi.Instrument(prog, name=name)
+            for p, o, d in notes:
+                inst.notes.append(pretty_midi.Note(80, int(p), o * 0.75, (o + d * 0.95) * 0.75))
+            pm.instruments.append(inst)
+        buf = io.BytesIO()
+        pm.write(buf)
+        out.append(buf.getvalue())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(parts))
+    tmp.replace(cache)
+    return out
+
+
 def tracks_section(enc: Encoder, pool, *, seed: int, index_kind: str, n: int = 40) -> dict[str, Any]:
     """Every line of a MIDI file against the melody line alone: 6-track arrangements (a lead,
     bass, piano chords, a pad, a counter-line and drums) against 1,000 held-out works.
@@ -581,7 +634,8 @@ def tracks_section(enc: Encoder, pool, *, seed: int, index_kind: str, n: int = 4
     inserted into a held-out tune played backwards) sits in the lead, or an octave down in a
     viola under an unrelated lead. Songs without a catalogue tune have a real held-out lead
     (whose relatives may be in the catalogue) or only decoy lines (backwards held-out tunes),
-    which measures what checking more lines costs in chance false alarms. Modes: the melody
+    which measures what checking more lines costs in chance false alarms; and 100 Bach
+    chorales (:func:`chorale_songs`), whose alto, tenor and bass are real melodic lines. Modes: the melody
     line; every line with the default weighted correction; every line with the plain one."""
     import io
 
@@ -644,6 +698,7 @@ def tracks_section(enc: Encoder, pool, *, seed: int, index_kind: str, n: int = 4
         "no catalogue tune, real lead": [(song(leads[j], counter=decoys[j]), None) for j in range(n)],
         "no catalogue tune, decoy lines": [(song(hosts[j].melody, viola=decoys[(j + 1) % n], counter=decoys[j]), None)
                                            for j in range(n)],
+        "no catalogue tune, Bach chorales (4 real voices)": [(c, None) for c in chorale_songs(100)],
     }
     tmp = Path(tempfile.mkdtemp(prefix="mg-tracks-"))
     out: dict[str, Any] = {"rows": [], "songs_per_case": n}
@@ -679,6 +734,118 @@ def tracks_section(enc: Encoder, pool, *, seed: int, index_kind: str, n: int = 4
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def filler_melodies(sources: list[Melody], n: int, *, rng: np.random.Generator) -> list[Melody]:
+    """``n`` synthetic catalogue works for speed measurements at sizes the corpus cannot reach:
+    each splices the first part of one corpus melody to the second part of another and plays
+    the result backwards, inverted (intervals mirrored) or both, in a random key and at a random
+    pace. The style's intervals, rhythms and lengths stay (so the index, the votes and the
+    verification see realistic load) but no filler is a real tune. Not for quality figures."""
+    out = []
+    for _ in range(n):
+        a, b = sources[int(rng.integers(len(sources)))], sources[int(rng.integers(len(sources)))]
+        pa, oa, da = notes_of(a)
+        pb, ob, db = notes_of(b)
+        ka, kb = int(rng.integers(4, max(5, len(pa)))), int(rng.integers(0, max(1, len(pb) - 4)))
+        p = np.concatenate([pa[:ka], pb[kb:] - pb[kb] + pa[ka - 1] + int(rng.integers(-2, 3))])
+        ioi = np.concatenate([note_iois(oa, da)[:ka], note_iois(ob, db)[kb:] * float(np.median(note_iois(oa, da)) /
+                                                                                  np.median(note_iois(ob, db)))])
+        mode = int(rng.integers(3))
+        if mode in (0, 2):  # backwards
+            p, ioi = p[::-1], ioi[::-1]
+        if mode in (1, 2):  # inverted
+            p = 2 * p[0] - p
+        p = np.clip(p - int(np.median(p)) + 67 + int(rng.integers(-5, 6)), 30, 100)
+        ioi = np.maximum(ioi * float(np.exp(rng.uniform(-0.7, 0.7))), 1e-3)
+        o = np.concatenate([[0.0], np.cumsum(ioi)[:-1]])
+        out.append(Melody.from_notes(p.copy(), o, ioi * 0.9))
+    return out
+
+
+def scale_section(enc: Encoder, pool, *, sizes: list[int], seed: int, n_queries: int = 200,
+                  baseline_queries: int = 20, index_kind: str = "auto") -> dict[str, Any]:
+    """Speed at catalogue sizes beyond the corpus: the held-out catalogue of the 10k detection
+    table (the same draw), topped up with synthetic filler (:func:`filler_melodies`) to each size.
+    Queries: light partial and medium whole copies of real catalogue works, as in the detection
+    tables. Reports ingest rate, memory and disk, our latency (with its stages) and the
+    baseline's on the first ``baseline_queries`` queries. Recall is printed as a sanity check of
+    the search, not as a quality figure (the filler is not real music)."""
+    from melodyguard.detect import check_melody
+    from melodyguard.index import Catalogue
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    hosts = [pool[i] for i in order[:500]]
+    cat_tunes = [pool[i] for i in order[500:500 + 10000]]
+    negatives, _ = drop_near_duplicates(hosts, cat_tunes)
+    queries = [q for q in make_queries(cat_tunes, negatives, n=n_queries // 2, rng=rng)
+               if (q["kind"], q["level"]) in {("whole", "medium"), ("partial", "light")}]
+    sources = [t.melody for t in load_corpus(splits=None)]
+    frng = np.random.default_rng(seed + 1)
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-scale-"))
+    res: dict[str, Any] = {"real_works": len(cat_tunes), "rows": []}
+    try:
+        r0 = rss_mb()
+        cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
+        t0 = time.perf_counter()
+        for b in range(0, len(cat_tunes), 500):
+            cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title} for t in cat_tunes[b:b + 500]])
+        t_ingest, n_works = time.perf_counter() - t0, len(cat_tunes)
+        sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
+        wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
+        cat_notes = [(np.asarray(t.melody.pitches), note_iois(t.melody.onsets_beats, t.melody.durations_beats))
+                     for t in cat_tunes]
+        align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
+        for size in sorted(sizes):
+            t1 = time.perf_counter()
+            k = 0
+            while n_works < size:
+                m = min(2000, size - n_works)
+                fill = filler_melodies(sources, m, rng=frng)
+                cat.add_melodies([{"melody": f, "sha256": f"filler:{n_works + j}", "title": "filler"}
+                                  for j, f in enumerate(fill)])
+                cat_notes += [(np.asarray(f.pitches), note_iois(f.onsets_beats, f.durations_beats)) for f in fill]
+                n_works += m
+                k += m
+            t_add = time.perf_counter() - t1
+            t_ingest += t_add
+            t2 = time.perf_counter()
+            idx, _ = cat.index()
+            t_index = time.perf_counter() - t2
+            check_melody(queries[0]["melody"], cat)  # warm-up
+            lat, stages, r1 = [], {}, []
+            for q in queries:
+                t3 = time.perf_counter()
+                rep = check_melody(q["melody"], cat)
+                lat.append(time.perf_counter() - t3)
+                for key, v in rep["timing_ms"].items():
+                    stages.setdefault(key, []).append(v)
+                top = rep["matches"][0]["work"]["id"] if rep["matches"] else None
+                r1.append(wid_to_i.get(top) == q["source"])
+            bl = []
+            for q in queries[:baseline_queries]:
+                qp, qi = np.asarray(q["melody"].pitches), note_iois(q["melody"].onsets_beats, q["melody"].durations_beats)
+                t4 = time.perf_counter()
+                np.array([align_intervals(qp, qi, p, i) for p, i in cat_notes])
+                bl.append(time.perf_counter() - t4)
+            disk = sum(f.stat().st_size for f in (tmp / "cat").rglob("*") if f.is_file())
+            row = {"works": n_works, "vectors": idx.ntotal, "index_kind": idx.manifest.kind,
+                   "index_params": idx.manifest.params,
+                   "ingest_works_per_s": round(k / t_add, 1) if k else None, "index_build_s": round(t_index, 1),
+                   "disk_mb": round(disk / 2**20), "rss_mb_growth": round(rss_mb() - r0),
+                   "latency_ms_p50": round(1000 * float(np.median(lat)), 1),
+                   "latency_ms_p95": round(1000 * float(np.percentile(lat, 95)), 1),
+                   "latency_stages_ms_p50": {key: round(float(np.median(v)), 1) for key, v in stages.items()},
+                   "baseline_latency_ms_p50": round(1000 * float(np.median(bl)), 1),
+                   "speedup_vs_baseline_p50": round(float(np.median(bl)) / max(float(np.median(lat)), 1e-9), 1),
+                   "queries": len(queries), "sanity_recall@1_strict": round(float(np.mean(r1)), 3)}
+            res["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        cat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
 
 
 def generation_section(enc: Encoder, pool, *, n: int, seed: int) -> dict[str, Any]:
@@ -788,6 +955,15 @@ def print_markdown(results: dict[str, Any]) -> None:
                ["songs (6 tracks)", "lines checked", "n", "recall@1", "flagged review or block", "latency p50 (ms, with parsing)"],
                [[r["songs"], r["lines"], r["n"], "—" if r["recall@1"] is None else f"{r['recall@1']:.3f}",
                  f"{r['flagged']:.3f}", r["latency_ms_p50"]] for r in results["tracks"]["rows"]])
+    if "scale" in results:
+        d = results["scale"]
+        _table(f"Speed at larger catalogues ({d['real_works']} held-out works plus synthetic filler)",
+               ["works", "vectors", "index", "ingest works/s", "index build (s)", "disk (MB)", "RSS growth (MB)",
+                "p50 (ms)", "p95 (ms)", "stages p50 (ms)", "baseline p50 (ms)", "speed-up", "sanity recall@1"],
+               [[r["works"], r["vectors"], f"{r['index_kind']} {r['index_params']}", r["ingest_works_per_s"],
+                 r["index_build_s"], r["disk_mb"], r["rss_mb_growth"], r["latency_ms_p50"], r["latency_ms_p95"],
+                 ", ".join(f"{k} {v}" for k, v in r["latency_stages_ms_p50"].items()), r["baseline_latency_ms_p50"],
+                 f"{r['speedup_vs_baseline_p50']}x", r["sanity_recall@1_strict"]] for r in d["rows"]])
     for key in sorted(k for k in results if k.startswith("null_")):
         d = results[key]
         _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works",
@@ -808,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="*", default=["model", "generation", "memorization", "detect", "null", "tracks", "parse"])
     ap.add_argument("--sizes", nargs="*", type=int, default=[1000, 10000])
+    ap.add_argument("--scale-sizes", nargs="*", type=int, default=[30000, 100000],
+                    help="section 'scale': catalogue sizes reached with synthetic filler (speed only)")
     ap.add_argument("--queries", type=int, default=200, help="source works per level")
     ap.add_argument("--negatives", type=int, default=500)
     ap.add_argument("--baseline-queries", type=int, default=100, help="queries per level also run through the baseline")
@@ -850,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["tracks"]), flush=True)
     if "parse" in a.sections:
         results["parse"] = parse_latency(enc, pool, n=100, seed=a.seed)
+    if "scale" in a.sections:
+        results["scale"] = scale_section(enc, pool, sizes=a.scale_sizes, seed=a.seed, index_kind=a.index_kind)
     results["seconds"] = round(time.time() - t0, 1)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=2, default=float))

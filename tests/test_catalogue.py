@@ -88,6 +88,40 @@ def test_index_persisted_and_brought_up_to_date(tmp_path, shipped_encoder, rng):
     assert fresh.index()[0].ntotal == n + k[0]
 
 
+def test_an_outgrown_index_is_rebuilt_not_appended_to(tmp_path, shipped_encoder, rng, monkeypatch):
+    """A catalogue that grows past what its index was built for gets a new one: flat -> IVF
+    past AUTO_FLAT_MAX (made small here), and an IVF whose lists were trained on a quarter of
+    the vectors gets twice the lists. Smaller growth is appended."""
+    import melodyguard.index.vectors as vectors
+
+    monkeypatch.setattr(vectors, "AUTO_FLAT_MAX", 300)
+    path = tmp_path / "c"
+    mels = make_catalogue_melodies(rng, 60)
+    cat = Catalogue(path, encoder=shipped_encoder)
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels[:10])])
+    idx = cat.index()[0]
+    assert idx.manifest.kind == "flat" and idx.ntotal < 300
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels[10:20], 10)])
+    idx = cat.index()[0]
+    assert idx.manifest.kind == "ivf" and idx.ntotal > 300
+    nlist = idx.manifest.params["nlist"]
+    assert nlist == vectors.ivf_nlist(idx.ntotal)
+    assert not idx.outgrown(idx.ntotal + 10) and idx.outgrown(idx.ntotal * 5)
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels[20:25], 20)])
+    assert cat.index()[0].manifest.params["nlist"] == nlist  # appended
+    # A reopened catalogue decides the same way from the saved manifest.
+    cat.close()
+    cat = Catalogue(path, encoder=shipped_encoder)
+    cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels[25:], 25)])
+    idx = cat.index()[0]
+    assert idx.manifest.params["nlist"] >= 2 * nlist and idx.manifest.params["nlist"] == vectors.ivf_nlist(idx.ntotal)
+    assert idx.ntotal == cat._con().execute("SELECT COUNT(*) FROM windows").fetchone()[0]
+    # The setting is the user's: an index kind chosen explicitly is not switched.
+    flat = Catalogue(tmp_path / "f", encoder=shipped_encoder, index_kind="flat")
+    flat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels[:20])])
+    assert flat.index()[0].manifest.kind == "flat"
+
+
 def test_catalogue_refuses_other_encoder(tmp_path, shipped_encoder, tiny_weights, rng):
     path = tmp_path / "c"
     Catalogue(path, encoder=shipped_encoder).add_melody(make_catalogue_melodies(rng, 1)[0], sha256="x")

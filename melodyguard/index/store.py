@@ -12,7 +12,8 @@ Every ``add`` is one SQLite transaction (work, melody, windows, vectors and the 
 counter together), so a ``kill -9`` leaves either the whole work or nothing; running ``add``
 again completes the job. Readers (``check``) run while a writer adds, thanks to WAL. The FAISS
 index is brought up to date on open: vectors added since it was saved are appended, and any
-removal (or an index that fails its checksum) makes it rebuild from SQLite.
+removal (or an index that fails its checksum, or one the catalogue has outgrown: see
+``VectorIndex.outgrown``) makes it rebuild from SQLite.
 """
 
 from __future__ import annotations
@@ -501,7 +502,7 @@ class Catalogue:
             vec, table = self._load_windows()
             if idx is not None and idx.manifest.generation >= last_removal and idx.ntotal == int(
                 (table.vid <= idx.manifest.max_vid).sum()
-            ) and idx.manifest.generation <= gen:
+            ) and idx.manifest.generation <= gen and not idx.outgrown(len(table.vid), kind=self.index_kind):
                 new = table.vid > idx.manifest.max_vid
                 idx.add(vec[new], table.vid[new], generation=gen)
             else:

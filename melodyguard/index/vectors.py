@@ -10,6 +10,12 @@ lists searched), ``hnsw`` (HNSW-Flat, M = 32). ``auto`` takes ``flat`` up to
 :data:`AUTO_FLAT_MAX` vectors and ``ivf`` beyond. GPU FAISS is used for search when faiss
 reports a GPU.
 
+New vectors are appended to a saved index, but an index the catalogue has outgrown is rebuilt
+(:meth:`VectorIndex.outgrown`): a ``flat`` index past ``AUTO_FLAT_MAX`` under ``auto``, or an
+``ivf`` index that should have twice its lists: the catalogue has grown about 4x since they
+were trained (2x while lists are sized by their 39-vector minimum), so they hold twice the
+vectors they were sized for and each search would scan twice as many.
+
 On disk: ``index.faiss`` and ``index.manifest.json`` (format version, kind, dimension, metric,
 encoder fingerprint, catalogue generation, vector count, sha256), written atomically.
 """
@@ -27,7 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError, IndexVersionError
 
-__all__ = ["INDEX_FORMAT_VERSION", "AUTO_FLAT_MAX", "VectorIndex", "IndexManifest"]
+__all__ = ["INDEX_FORMAT_VERSION", "AUTO_FLAT_MAX", "VectorIndex", "IndexManifest", "ivf_nlist"]
 
 INDEX_FORMAT_VERSION = 1
 AUTO_FLAT_MAX = 100_000
@@ -71,6 +77,11 @@ def _faiss():
     import faiss
 
     return faiss
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists of an IVF index over ``n`` vectors: 4 sqrt(n), at least 39 vectors each."""
+    return int(max(1, min(4 * np.sqrt(n), n // 39)))
 
 
 def resolve_kind(kind: str, n: int) -> str:
@@ -122,7 +133,7 @@ class VectorIndex:
             real = "flat"
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         elif real == "ivf":
-            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))
+            nlist = ivf_nlist(n)
             quant = faiss.IndexFlatIP(d)
             ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
             rs = np.random.default_rng(seed)
@@ -144,6 +155,17 @@ class VectorIndex:
             int(ids.max()) if n else 0, "", params,
         )
         return cls(index, man)
+
+    def outgrown(self, n: int, *, kind: str = "auto") -> bool:
+        """Whether an index that would hold ``n`` vectors should be rebuilt rather than appended
+        to (``kind``: the catalogue's index setting): ``flat`` past :data:`AUTO_FLAT_MAX` under
+        ``auto``; ``ivf`` once :func:`ivf_nlist` of ``n`` is twice its trained lists."""
+        m = self.manifest
+        if m.kind == "flat":
+            return kind == "auto" and resolve_kind("auto", n) != "flat"
+        if m.kind == "ivf":
+            return ivf_nlist(n) >= 2 * int(m.params.get("nlist", 1))
+        return False
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, *, generation: int) -> None:
         if len(ids):
