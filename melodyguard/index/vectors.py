@@ -12,9 +12,10 @@ reports a GPU.
 
 New vectors are appended to a saved index, but an index the catalogue has outgrown is rebuilt
 (:meth:`VectorIndex.outgrown`): a ``flat`` index past ``AUTO_FLAT_MAX`` under ``auto``, or an
-``ivf`` index that should have twice its lists: the catalogue has grown about 4x since they
-were trained (2x while lists are sized by their 39-vector minimum), so they hold twice the
-vectors they were sized for and each search would scan twice as many.
+``ivf`` index that should have 1.5x its lists: the catalogue has grown about 2.25x since they
+were trained (1.5x while lists are sized by their 39-vector minimum), so they hold 1.5x the
+vectors they were sized for and each search scans 1.5x as many. Rebuilding at a fixed growth
+factor keeps the total rebuild work proportional to the final size.
 
 On disk: ``index.faiss`` and ``index.manifest.json`` (format version, kind, dimension, metric,
 encoder fingerprint, catalogue generation, vector count, sha256), written atomically.
@@ -98,13 +99,19 @@ class VectorIndex:
     def __init__(self, index: Any, manifest: IndexManifest) -> None:
         self._index = index
         self.manifest = manifest
-        self._search_index = index
+        self._search_index = self._on_gpu(index, manifest.kind)
+
+    @staticmethod
+    def _on_gpu(index: Any, kind: str) -> Any:
+        """A GPU copy of ``index`` for searching when faiss reports a GPU (HNSW stays on the
+        CPU: faiss has no GPU HNSW); else ``index`` itself."""
         faiss = _faiss()
-        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0 and manifest.kind != "hnsw":
+        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0 and kind != "hnsw":
             try:  # pragma: no cover - no GPU in CI
-                self._search_index = faiss.index_cpu_to_all_gpus(index)
-            except Exception:
-                self._search_index = index
+                return faiss.index_cpu_to_all_gpus(index)
+            except Exception:  # pragma: no cover
+                return index
+        return index
 
     @property
     def ntotal(self) -> int:
@@ -159,18 +166,18 @@ class VectorIndex:
     def outgrown(self, n: int, *, kind: str = "auto") -> bool:
         """Whether an index that would hold ``n`` vectors should be rebuilt rather than appended
         to (``kind``: the catalogue's index setting): ``flat`` past :data:`AUTO_FLAT_MAX` under
-        ``auto``; ``ivf`` once :func:`ivf_nlist` of ``n`` is twice its trained lists."""
+        ``auto``; ``ivf`` once :func:`ivf_nlist` of ``n`` is 1.5x its trained lists."""
         m = self.manifest
         if m.kind == "flat":
             return kind == "auto" and resolve_kind("auto", n) != "flat"
         if m.kind == "ivf":
-            return ivf_nlist(n) >= 2 * int(m.params.get("nlist", 1))
+            return ivf_nlist(n) >= 1.5 * int(m.params.get("nlist", 1))
         return False
 
     def add(self, vectors: np.ndarray, ids: np.ndarray, *, generation: int) -> None:
         if len(ids):
             self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-            self._search_index = self._index
+            self._search_index = self._on_gpu(self._index, self.manifest.kind)  # the GPU copy is stale
         m = self.manifest
         self.manifest = IndexManifest(
             m.format_version, m.kind, m.dim, m.metric, m.encoder, generation, self.ntotal,
