@@ -23,7 +23,7 @@ def open_catalogue(a: argparse.Namespace, **kw: Any):
     from .index import Catalogue
     from .model.encoder import load_encoder
 
-    return Catalogue(a.catalogue, encoder=load_encoder(a.weights), **kw)
+    return Catalogue(a.catalogue, encoder=load_encoder(a.weights), index_kind=getattr(a, "index_kind", None), **kw)
 
 
 # --------------------------------------------------------------------------- add
@@ -37,6 +37,9 @@ def _setup_add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-corpus", nargs="+", metavar="COLLECTION",
                    help="import tunes of these corpus-cache collections (e.g. oneills1850 ryansMammoth)")
     p.add_argument("--limit", type=int, default=None, help="with --from-corpus: at most this many tunes")
+    p.add_argument("--index-kind", choices=["auto", "flat", "ivf", "hnsw"], default=None,
+                   help="FAISS index, kept in the catalogue: auto (new catalogues: exact up to 100,000 window "
+                        "vectors, IVF beyond), flat, ivf or hnsw")
     p.add_argument("--quiet", action="store_true")
     _catalogue_arg(p)
 

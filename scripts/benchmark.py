@@ -587,7 +587,7 @@ def chorale_songs(n: int) -> list[bytes]:
     cache = Path.home() / ".cache" / "melodyguard" / "chorale_parts_v1.json"
     parts: dict[str, list[list[list[float]]]] = json.loads(cache.read_text()) if cache.exists() else {}
     paths = sorted((_corpus_root() / "bach").glob("bwv*.mxl"))
-    out = []
+    out: list[bytes] = []
     for path in paths:
         if len(out) == n:
             break
@@ -600,7 +600,7 @@ def chorale_songs(n: int) -> list[bytes]:
                 warnings.simplefilter("ignore")
                 sc = converter.parse(str(path))
             voices = []
-            for part in list(sc.parts)[:4]:
+            for part in list(getattr(sc, "parts", []))[:4]:
                 notes = []
                 for el in part.stripTies().flatten().notes:
                     if el.quarterLength > 0 and not el.duration.isGrace:
@@ -814,15 +814,16 @@ def scale_section(enc: Encoder, pool, *, sizes: list[int], seed: int, n_queries:
             idx, _ = cat.index()
             t_index = time.perf_counter() - t2
             check_melody(queries[0]["melody"], cat)  # warm-up
-            lat, stages, r1 = [], {}, []
+            lat: list[float] = []
+            stages: dict[str, list[float]] = {}
+            r1: list[bool] = []
             for q in queries:
                 t3 = time.perf_counter()
                 rep = check_melody(q["melody"], cat)
                 lat.append(time.perf_counter() - t3)
                 for key, v in rep["timing_ms"].items():
                     stages.setdefault(key, []).append(v)
-                top = rep["matches"][0]["work"]["id"] if rep["matches"] else None
-                r1.append(wid_to_i.get(top) == q["source"])
+                r1.append(bool(rep["matches"]) and wid_to_i.get(rep["matches"][0]["work"]["id"]) == q["source"])
             bl = []
             for q in queries[:baseline_queries]:
                 qp, qi = np.asarray(q["melody"].pitches), note_iois(q["melody"].onsets_beats, q["melody"].durations_beats)

@@ -25,6 +25,7 @@ from conftest import (
 from melodyguard import Catalogue, Melody, check_file, check_melody, cli, extract_melody
 from melodyguard.detect import line_factors
 from melodyguard.errors import (
+    ConfigError,
     CorruptFileError,
     DuplicateWorkError,
     EmptyCatalogueError,
@@ -116,10 +117,20 @@ def test_an_outgrown_index_is_rebuilt_not_appended_to(tmp_path, shipped_encoder,
     idx = cat.index()[0]
     assert idx.manifest.params["nlist"] >= 1.5 * nlist and idx.manifest.params["nlist"] == vectors.ivf_nlist(idx.ntotal)
     assert idx.ntotal == cat._con().execute("SELECT COUNT(*) FROM windows").fetchone()[0]
-    # The setting is the user's: an index kind chosen explicitly is not switched.
+    # The setting is the user's, kept in the catalogue: a kind chosen explicitly is not switched,
+    # also when the catalogue is reopened without it; choosing another kind rebuilds the index.
     flat = Catalogue(tmp_path / "f", encoder=shipped_encoder, index_kind="flat")
     flat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(mels[:20])])
     assert flat.index()[0].manifest.kind == "flat"
+    flat.close()
+    again = Catalogue(tmp_path / "f", encoder=shipped_encoder)
+    assert again.index_kind == "flat" and again.index()[0].manifest.kind == "flat"
+    again.close()
+    hnsw = Catalogue(tmp_path / "f", encoder=shipped_encoder, index_kind="hnsw")
+    assert hnsw.index()[0].manifest.kind == "hnsw"
+    assert Catalogue(tmp_path / "f", encoder=shipped_encoder).index_kind == "hnsw"
+    with pytest.raises(ConfigError, match="unknown index kind"):
+        Catalogue(tmp_path / "f", encoder=shipped_encoder, index_kind="lsh")
 
 
 def test_catalogue_refuses_other_encoder(tmp_path, shipped_encoder, tiny_weights, rng):

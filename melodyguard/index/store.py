@@ -45,7 +45,7 @@ from ..errors import (
 from ..fingerprint.melody import Melody, TimeSignature, collapse_repeats
 from ..fingerprint.windows import WindowConfig, Windows, window_melody
 from .figures import FigureIndex
-from .vectors import VectorIndex
+from .vectors import VectorIndex, resolve_kind
 
 __all__ = ["CATALOGUE_FORMAT_VERSION", "DEFAULT_HOP", "Work", "Catalogue", "WindowTable", "require_works"]
 
@@ -177,18 +177,22 @@ class Catalogue:
         The directory (default ``$MELODYGUARD_CATALOGUE`` or the documented default).
     encoder : Encoder, optional
         The encoder used to embed added works (default: the shipped weights).
-    index_kind : str
-        ``auto``, ``flat``, ``ivf`` or ``hnsw``.
+    index_kind : str, optional
+        ``auto``, ``flat``, ``ivf`` or ``hnsw``. Kept in the catalogue: a later open without it
+        uses the stored setting (``auto`` for a new catalogue).
     """
 
-    def __init__(self, path: str | Path | None = None, *, encoder: Any = None, index_kind: str = "auto",
+    def __init__(self, path: str | Path | None = None, *, encoder: Any = None, index_kind: str | None = None,
                  hop: int = DEFAULT_HOP, persist_index: bool = True) -> None:
         from ..model.encoder import load_encoder
 
         self.path = Path(path) if path else catalogue_dir()
         self.path.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder or load_encoder()
-        self.index_kind = index_kind
+        if index_kind is not None:
+            resolve_kind(index_kind, 0)  # refuse an unknown kind before touching the catalogue
+        self.index_kind = index_kind or "auto"
+        self._index_kind_arg = index_kind
         self.hop = hop
         self.persist_index = persist_index
         self._write_lock = threading.Lock()
@@ -239,7 +243,8 @@ class Catalogue:
         }
         have = dict(con.execute("SELECT name, value FROM meta").fetchall())
         if not have:
-            con.executemany("INSERT INTO meta VALUES (?, ?)", list(want.items()) + [("generation", "0")])
+            con.executemany("INSERT INTO meta VALUES (?, ?)",
+                            list(want.items()) + [("generation", "0"), ("index_kind", self.index_kind)])
             return
         legacy = getattr(self.encoder, "legacy_ids", ())
         if have.get("encoder") in legacy:
@@ -257,6 +262,10 @@ class Catalogue:
                     "Use the weights it was built with, or rebuild the catalogue."
                 )
         self.hop = int(have.get("hop", self.hop))
+        if self._index_kind_arg is None:
+            self.index_kind = have.get("index_kind", "auto")
+        elif have.get("index_kind") != self.index_kind:
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('index_kind', ?)", (self.index_kind,))
 
     def _migrate_v1(self, con: sqlite3.Connection) -> None:
         """Format 1 had no repeat-collapsed windows: add the column and index every work's

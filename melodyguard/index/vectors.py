@@ -11,7 +11,8 @@ lists searched), ``hnsw`` (HNSW-Flat, M = 32). ``auto`` takes ``flat`` up to
 reports a GPU.
 
 New vectors are appended to a saved index, but an index the catalogue has outgrown is rebuilt
-(:meth:`VectorIndex.outgrown`): a ``flat`` index past ``AUTO_FLAT_MAX`` under ``auto``, or an
+(:meth:`VectorIndex.outgrown`): one of another kind than the catalogue's explicit setting, a
+``flat`` index past ``AUTO_FLAT_MAX`` under ``auto``, or an
 ``ivf`` index that should have 1.5x its lists: the catalogue has grown about 2.25x since they
 were trained (1.5x while lists are sized by their 39-vector minimum), so they hold 1.5x the
 vectors they were sized for and each search scans 1.5x as many. Rebuilding at a fixed growth
@@ -165,9 +166,12 @@ class VectorIndex:
 
     def outgrown(self, n: int, *, kind: str = "auto") -> bool:
         """Whether an index that would hold ``n`` vectors should be rebuilt rather than appended
-        to (``kind``: the catalogue's index setting): ``flat`` past :data:`AUTO_FLAT_MAX` under
-        ``auto``; ``ivf`` once :func:`ivf_nlist` of ``n`` is 1.5x its trained lists."""
+        to (``kind``: the catalogue's index setting): another kind than an explicit setting;
+        ``flat`` past :data:`AUTO_FLAT_MAX` under ``auto``; ``ivf`` once :func:`ivf_nlist` of
+        ``n`` is 1.5x its trained lists."""
         m = self.manifest
+        if kind != "auto" and kind != m.kind:
+            return True
         if m.kind == "flat":
             return kind == "auto" and resolve_kind("auto", n) != "flat"
         if m.kind == "ivf":
