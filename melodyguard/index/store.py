@@ -476,19 +476,43 @@ class Catalogue:
         return work
 
     # ------------------------------------------------------------------ index
-    def _load_windows(self, where: str = "", args: Sequence[Any] = ()) -> tuple[np.ndarray, WindowTable]:
-        rows = self._con().execute(
-            f"SELECT vid, work_id, start, n_notes, ref_pitch, median_ioi, view, vector FROM windows {where} ORDER BY vid", args
-        ).fetchall()
+    #: rows fetched from SQLite at a time when loading windows (bounds the Python objects alive)
+    _CHUNK = 131_072
+
+    def _load_table(self) -> WindowTable:
+        """Every window's metadata (no vectors), in vid order, fetched in chunks."""
+        cur = self._con().execute(
+            "SELECT vid, work_id, start, n_notes, ref_pitch, median_ioi, view FROM windows ORDER BY vid")
+        parts = []
+        while rows := cur.fetchmany(self._CHUNK):
+            parts.append(np.asarray(rows, dtype=np.float64))
+        m = np.concatenate(parts) if parts else np.zeros((0, 7))
+        i = [m[:, c].astype(np.int64) for c in (0, 1, 2, 3, 4, 6)]
+        return WindowTable(i[0], i[1], i[2], i[3], i[4], m[:, 5].copy(), i[5])
+
+    def _load_vectors(self, *, after_vid: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, vids)`` of the windows (those with vid > ``after_vid``), in vid order."""
+        where, args = ("WHERE vid > ?", (int(after_vid),)) if after_vid is not None else ("", ())
+        cur = self._con().execute(f"SELECT vid, vector FROM windows {where} ORDER BY vid", args)
         d = self.encoder.dim
-        if not rows:
-            e = np.zeros(0, np.int64)
-            return np.zeros((0, d), np.float32), WindowTable(e, e, e, e, e, np.zeros(0), e)
-        vec = np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(len(rows), d)
-        cols = list(zip(*[r[:7] for r in rows]))
-        a = [np.asarray(c, dtype=np.int64) for c in cols[:5]]
-        t = WindowTable(a[0], a[1], a[2], a[3], a[4], np.asarray(cols[5], dtype=np.float64), np.asarray(cols[6], np.int64))
-        return vec, t
+        vecs, vids = [], []
+        while rows := cur.fetchmany(self._CHUNK):
+            vids.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+            vecs.append(np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), d))
+        if not vids:
+            return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(vecs), np.concatenate(vids)
+
+    def _load_windows(self) -> tuple[np.ndarray, WindowTable]:
+        """Every window's vector and metadata, from one snapshot of SQLite."""
+        con = self._con()
+        con.execute("BEGIN")
+        try:
+            table = self._load_table()
+            vec, _ = self._load_vectors()
+        finally:
+            con.execute("COMMIT")
+        return vec, table
 
     def index(self) -> tuple[VectorIndex, WindowTable]:
         """The FAISS index and window table, brought up to date with SQLite."""
@@ -508,17 +532,27 @@ class Catalogue:
                     idx = VectorIndex.load(folder, encoder=self.encoder.fingerprint, dim=self.encoder.dim)
                 except IndexVersionError:
                     idx = None  # missing, stale format or corrupt: rebuild from SQLite below
-            vec, table = self._load_windows()
-            if idx is not None and idx.manifest.generation >= last_removal and idx.ntotal == int(
-                (table.vid <= idx.manifest.max_vid).sum()
-            ) and idx.manifest.generation <= gen and not idx.outgrown(len(table.vid), kind=self.index_kind):
-                new = table.vid > idx.manifest.max_vid
-                idx.add(vec[new], table.vid[new], generation=gen)
-            else:
-                idx = VectorIndex.build(vec, table.vid, kind=self.index_kind, encoder=self.encoder.fingerprint, generation=gen)
+            # One snapshot: the table, and only the vectors the saved index lacks (all of them
+            # when it must be rebuilt), so that opening a large catalogue reads no vector twice.
+            con.execute("BEGIN")
+            try:
+                table = self._load_table()
+                if idx is not None and idx.manifest.generation >= last_removal and idx.ntotal == int(
+                    (table.vid <= idx.manifest.max_vid).sum()
+                ) and idx.manifest.generation <= gen and not idx.outgrown(len(table.vid), kind=self.index_kind):
+                    vec, vids = self._load_vectors(after_vid=idx.manifest.max_vid)
+                    idx.add(vec, vids, generation=gen)
+                    changed = len(vids) > 0
+                else:
+                    changed = True
+                    vec, vids = self._load_vectors()
+                    idx = VectorIndex.build(vec, vids, kind=self.index_kind, encoder=self.encoder.fingerprint,
+                                            generation=gen)
+            finally:
+                con.execute("COMMIT")
             self._index, self._table = idx, table
             self._total_notes = int(self._con().execute("SELECT COALESCE(SUM(n_notes),0) FROM works").fetchone()[0])
-            if self.persist_index:
+            if self.persist_index and changed:  # an index read from disk unchanged is not rewritten
                 self._save_index(folder)
             return idx, table
 
@@ -538,6 +572,11 @@ class Catalogue:
             save()
 
     def rebuild_index(self, *, kind: str | None = None) -> VectorIndex:
+        """Rebuild the FAISS index from SQLite (as ``kind``, which the catalogue then keeps)."""
+        if kind:
+            resolve_kind(kind, 0)
+            with self._write_lock, self._tx() as con:
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('index_kind', ?)", (kind,))
         with self._index_lock:
             if kind:
                 self.index_kind = kind
