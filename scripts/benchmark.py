@@ -53,6 +53,32 @@ def to_melody(notes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Melody:
 
 
 # ----------------------------------------------------------------------------- model section
+def interval_notes(m: Melody) -> tuple[np.ndarray, np.ndarray]:
+    """A melody as the baseline aligns it: pitches and inter-onset intervals."""
+    return np.asarray(m.pitches), note_iois(m.onsets_beats, m.durations_beats)
+
+
+def baseline_scores(m: Melody, cat_notes: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The baseline: Smith-Waterman of ``m`` against every catalogue melody (``interval_notes``)."""
+    qp, qi = interval_notes(m)
+    return np.array([align_intervals(qp, qi, p, i) for p, i in cat_notes])
+
+
+def timed_checks(queries: list[dict[str, Any]], cat, stages: dict[str, list[float]], lat: list[float]):
+    """Check each query's melody (after one warm-up check), appending its latency to ``lat``
+    and its reported stage timings to ``stages``; yields ``(query, report)``."""
+    from melodyguard.detect import check_melody
+
+    check_melody(queries[0]["melody"], cat)  # warm-up (numba compile, caches)
+    for q in queries:
+        t0 = time.perf_counter()
+        rep = check_melody(q["melody"], cat)
+        lat.append(time.perf_counter() - t0)
+        for k, v in rep["timing_ms"].items():
+            stages.setdefault(k, []).append(v)
+        yield q, rep
+
+
 def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: int, seed: int) -> dict[str, Any]:
     import faiss
     import torch
@@ -258,7 +284,6 @@ def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
 
 def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: int, baseline_queries: int,
                       seed: int, index_kind: str) -> dict[str, Any]:
-    from melodyguard.detect import check_melody
     from melodyguard.index import Catalogue
 
     rng = np.random.default_rng(seed)
@@ -304,15 +329,9 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
         # near-duplicates of catalogue works dropped (looser relatives stay).
         queries = make_queries(cat_tunes, negatives, n=n_queries, rng=rng, decoy_hosts=decoys)
         mark_verbatim_holders(cat_tunes, queries)
-        check_melody(queries[0]["melody"], cat)  # warm-up (numba compile, caches)
-        lat = []
+        lat: list[float] = []
         stages: dict[str, list[float]] = {}
-        for q in queries:
-            t1 = time.perf_counter()
-            rep = check_melody(q["melody"], cat)
-            lat.append(time.perf_counter() - t1)
-            for k, v in rep["timing_ms"].items():
-                stages.setdefault(k, []).append(v)
+        for q, rep in timed_checks(queries, cat, stages, lat):
             ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
             q["rank"] = ranks.index(q["source"]) + 1 if q["source"] in ranks else 0
             ev = [m["score"]["evalue"] for m in rep["matches"] if wid_to_i[m["work"]["id"]] == q["source"]]
@@ -342,12 +361,11 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
         res["fpr_default_block"] = round(float(np.mean([v == "block" for v in neg_verdicts])), 4)
 
         # Baseline on a subsample of queries (same queries for both systems in that table).
-        cat_notes = [(np.asarray(t.melody.pitches), note_iois(t.melody.onsets_beats, t.melody.durations_beats)) for t in cat_tunes]
+        cat_notes = [interval_notes(t.melody) for t in cat_tunes]
         align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
 
         def baseline(m: Melody) -> np.ndarray:
-            qp, qi = np.asarray(m.pitches), note_iois(m.onsets_beats, m.durations_beats)
-            return np.array([align_intervals(qp, qi, p, i) for p, i in cat_notes])
+            return baseline_scores(m, cat_notes)
 
         bl_lat = []
         bq: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -771,7 +789,6 @@ def scale_section(enc: Encoder, pool, *, sizes: list[int], seed: int, n_queries:
     tables. Reports ingest rate, memory and disk, our latency (with its stages) and the
     baseline's on the first ``baseline_queries`` queries. Recall is printed as a sanity check of
     the search, not as a quality figure (the filler is not real music)."""
-    from melodyguard.detect import check_melody
     from melodyguard.index import Catalogue
 
     rng = np.random.default_rng(seed)
@@ -788,14 +805,12 @@ def scale_section(enc: Encoder, pool, *, sizes: list[int], seed: int, n_queries:
     try:
         r0 = rss_mb()
         cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
-        t0 = time.perf_counter()
         for b in range(0, len(cat_tunes), 500):
             cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title} for t in cat_tunes[b:b + 500]])
-        t_ingest, n_works = time.perf_counter() - t0, len(cat_tunes)
+        n_works = len(cat_tunes)
         sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
         wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
-        cat_notes = [(np.asarray(t.melody.pitches), note_iois(t.melody.onsets_beats, t.melody.durations_beats))
-                     for t in cat_tunes]
+        cat_notes = [interval_notes(t.melody) for t in cat_tunes]
         align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
         for size in sorted(sizes):
             t1 = time.perf_counter()
@@ -805,30 +820,22 @@ def scale_section(enc: Encoder, pool, *, sizes: list[int], seed: int, n_queries:
                 fill = filler_melodies(sources, m, rng=frng)
                 cat.add_melodies([{"melody": f, "sha256": f"filler:{n_works + j}", "title": "filler"}
                                   for j, f in enumerate(fill)])
-                cat_notes += [(np.asarray(f.pitches), note_iois(f.onsets_beats, f.durations_beats)) for f in fill]
+                cat_notes += [interval_notes(f) for f in fill]
                 n_works += m
                 k += m
             t_add = time.perf_counter() - t1
-            t_ingest += t_add
             t2 = time.perf_counter()
             idx, _ = cat.index()
             t_index = time.perf_counter() - t2
-            check_melody(queries[0]["melody"], cat)  # warm-up
             lat: list[float] = []
             stages: dict[str, list[float]] = {}
             r1: list[bool] = []
-            for q in queries:
-                t3 = time.perf_counter()
-                rep = check_melody(q["melody"], cat)
-                lat.append(time.perf_counter() - t3)
-                for key, v in rep["timing_ms"].items():
-                    stages.setdefault(key, []).append(v)
+            for q, rep in timed_checks(queries, cat, stages, lat):
                 r1.append(bool(rep["matches"]) and wid_to_i.get(rep["matches"][0]["work"]["id"]) == q["source"])
             bl = []
             for q in queries[:baseline_queries]:
-                qp, qi = np.asarray(q["melody"].pitches), note_iois(q["melody"].onsets_beats, q["melody"].durations_beats)
                 t4 = time.perf_counter()
-                np.array([align_intervals(qp, qi, p, i) for p, i in cat_notes])
+                baseline_scores(q["melody"], cat_notes)
                 bl.append(time.perf_counter() - t4)
             disk = sum(f.stat().st_size for f in (tmp / "cat").rglob("*") if f.is_file())
             row = {"works": n_works, "vectors": idx.ntotal, "index_kind": idx.manifest.kind,

@@ -503,16 +503,20 @@ class Catalogue:
             return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
         return np.concatenate(vecs), np.concatenate(vids)
 
-    def _load_windows(self) -> tuple[np.ndarray, WindowTable]:
-        """Every window's vector and metadata, from one snapshot of SQLite."""
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction: the reads inside see one state of SQLite (WAL), whatever writers do."""
         con = self._con()
         con.execute("BEGIN")
         try:
-            table = self._load_table()
-            vec, _ = self._load_vectors()
+            yield
         finally:
             con.execute("COMMIT")
-        return vec, table
+
+    def _load_windows(self) -> tuple[np.ndarray, WindowTable]:
+        """Every window's vector and metadata, from one snapshot of SQLite."""
+        with self._snapshot():
+            return self._load_vectors()[0], self._load_table()
 
     def index(self) -> tuple[VectorIndex, WindowTable]:
         """The FAISS index and window table, brought up to date with SQLite."""
@@ -534,8 +538,7 @@ class Catalogue:
                     idx = None  # missing, stale format or corrupt: rebuild from SQLite below
             # One snapshot: the table, and only the vectors the saved index lacks (all of them
             # when it must be rebuilt), so that opening a large catalogue reads no vector twice.
-            con.execute("BEGIN")
-            try:
+            with self._snapshot():
                 table = self._load_table()
                 if idx is not None and idx.manifest.generation >= last_removal and idx.ntotal == int(
                     (table.vid <= idx.manifest.max_vid).sum()
@@ -548,8 +551,6 @@ class Catalogue:
                     vec, vids = self._load_vectors()
                     idx = VectorIndex.build(vec, vids, kind=self.index_kind, encoder=self.encoder.fingerprint,
                                             generation=gen)
-            finally:
-                con.execute("COMMIT")
             self._index, self._table = idx, table
             self._total_notes = int(self._con().execute("SELECT COALESCE(SUM(n_notes),0) FROM works").fetchone()[0])
             if self.persist_index and changed:  # an index read from disk unchanged is not rewritten
