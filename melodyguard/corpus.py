@@ -14,6 +14,11 @@ Split (documented, fixed)
   5 % of them, chosen by a hash of the tune key, is ``valid`` (used for early checks only).
 - ``heldout``: the Essen folk songs (licensed for non-commercial use only: never trained on),
   Aird's Airs and the miscFolk collections. Only evaluation uses them.
+- ``heldout``, another style: every voice of Palestrina's masses (``palestrina``, 1,318
+  movements of 101 masses, about 6,000 voices; music21 reads them from Humdrum at about 3
+  movements/s). Not exported by default: ``scripts/build_corpus.py --collections palestrina``.
+  Each voice is one tune; ``Melody.info["work"]`` names its mass, so that an evaluation can keep
+  the voices of one mass on one side of a split (they imitate each other and share a chant).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ __all__ = [
     "COLLECTIONS",
     "TRAIN_COLLECTIONS",
     "HELDOUT_COLLECTIONS",
+    "STYLE_COLLECTIONS",
+    "DEFAULT_COLLECTIONS",
     "CorpusTune",
     "default_corpus_path",
     "list_units",
@@ -54,9 +61,14 @@ COLLECTIONS: dict[str, tuple[str, str]] = {
     "essenFolksong": ("essenFolksong", "abc"),
     "airdsAirs": ("airdsAirs", "abc"),
     "miscFolk": ("miscFolk", "abc"),
+    "palestrina": ("palestrina", "voices"),
 }
 TRAIN_COLLECTIONS = ("oneills1850", "ryansMammoth", "bach")
 HELDOUT_COLLECTIONS = ("essenFolksong", "airdsAirs", "miscFolk")
+#: Held-out collections of another style, exported only on request.
+STYLE_COLLECTIONS = ("palestrina",)
+#: What ``build_corpus`` exports by default.
+DEFAULT_COLLECTIONS = TRAIN_COLLECTIONS + HELDOUT_COLLECTIONS
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ def default_corpus_path() -> Path:
 
 
 def _split_of(key: str, collection: str) -> str:
-    if collection in HELDOUT_COLLECTIONS:
+    if collection in HELDOUT_COLLECTIONS or collection in STYLE_COLLECTIONS:
         return "heldout"
     h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     return "valid" if h % 20 == 0 else "train"
@@ -100,10 +112,11 @@ def _split_abc(text: str) -> list[str]:
     return ["\n".join(t) + "\n" for t in tunes]
 
 
-def list_units(collections: Sequence[str] = tuple(COLLECTIONS)) -> list[tuple[str, str, str, str]]:
-    """Every tune to export, as ``(key, collection, kind, payload)``, in a fixed order.
+def list_units(collections: Sequence[str] = DEFAULT_COLLECTIONS) -> list[tuple[str, str, str, str]]:
+    """Every file or tune to export, as ``(key, collection, kind, payload)``, in a fixed order.
 
-    The order interleaves collections so that ``--limit N`` samples all of them.
+    The order interleaves collections so that ``--limit N`` samples all of them. A unit of kind
+    ``voices`` is one score whose every part becomes a tune (keys ``<unit key>:v<i>``).
     """
     root = _corpus_root()
     per: dict[str, list[tuple[str, str, str, str]]] = {}
@@ -114,6 +127,9 @@ def list_units(collections: Sequence[str] = tuple(COLLECTIONS)) -> list[tuple[st
             for path in sorted((root / folder).glob("*.abc")):
                 for i, tune in enumerate(_split_abc(path.read_text(encoding="latin-1"))):
                     units.append((f"{coll}/{path.name}#{i}", coll, "abc", tune))
+        elif kind == "voices":
+            for path in sorted((root / folder).glob("*.krn")):
+                units.append((f"{coll}/{path.name}", coll, "voices", str(path)))
         else:
             for path in sorted((root / folder).glob("bwv*.mxl")):
                 units.append((f"{coll}/{path.name}", coll, "score", str(path)))
@@ -127,8 +143,76 @@ def list_units(collections: Sequence[str] = tuple(COLLECTIONS)) -> list[tuple[st
     return out
 
 
-def _extract(unit: tuple[str, str, str, str]) -> tuple[str, str, str, dict[str, Any] | None, str | None]:
-    """Worker: parse one tune with music21 and return its notes (or the error)."""
+Row = tuple[str, str, str, dict[str, Any] | None, str | None]
+
+
+def _part_data(part: Any) -> dict[str, Any]:
+    """One music21 part's notes (top note of chords), bars as printed, time signatures, pickup
+    and tempo, as stored in the cache."""
+    pickup = 0.0
+    measures = part.getElementsByClass("Measure")
+    if len(measures):
+        m0 = measures[0]
+        try:
+            bar = float(m0.barDuration.quarterLength)
+        except Exception:
+            bar = 0.0
+        dur = float(m0.duration.quarterLength)
+        if (m0.paddingLeft and m0.paddingLeft > 0) or (m0.number == 0 and 0 < dur < bar):
+            pickup = dur
+    stripped = part.stripTies()
+    flat = stripped.flatten()
+    pitches, onsets, durs, bars, bar_starts = [], [], [], [], []
+
+    def take(el, onset: float, bar: int | None, bar_start: float | None) -> None:
+        ql = float(el.quarterLength)
+        if ql <= 0 or el.duration.isGrace:
+            return
+        midi = max(p.midi for p in el.pitches) if el.isChord else el.pitch.midi
+        pitches.append(int(midi))
+        onsets.append(onset)
+        durs.append(ql)
+        bars.append(bar)
+        bar_starts.append(bar_start)
+
+    ms = stripped.getElementsByClass("Measure")
+    if len(ms):
+        # Bar numbers as printed (a pickup is bar 0), so evidence cites the score's bars.
+        for m in ms:
+            moff = float(m.offset)
+            for el in m.flatten().notes:
+                take(el, moff + float(el.offset), int(m.number), moff)
+    else:
+        for el in flat.notes:
+            take(el, float(el.offset), None, None)
+    sigs = [
+        (float(ts.offset), int(ts.numerator), int(ts.denominator))
+        for ts in flat.getElementsByClass("TimeSignature")
+    ]
+    tempo = 120.0
+    for mm in flat.getElementsByClass("MetronomeMark"):
+        try:
+            q = mm.getQuarterBPM()
+            if q:
+                tempo = float(q)
+                break
+        except Exception:
+            pass
+    data = {
+        "bars": bars if bars and None not in bars else None,
+        "bar_starts": bar_starts if bar_starts and None not in bar_starts else None,
+        "pitches": pitches,
+        "onsets": onsets,
+        "durations": durs,
+        "time_signatures": sigs,
+        "pickup": pickup,
+        "tempo": tempo,
+    }
+    return data
+
+
+def _extract(unit: tuple[str, str, str, str]) -> list[Row]:
+    """Worker: parse one unit with music21 and return its tunes' notes (or the error)."""
     key, coll, kind, payload = unit
     try:
         import warnings
@@ -145,69 +229,20 @@ def _extract(unit: tuple[str, str, str, str]) -> tuple[str, str, str, dict[str, 
         if s.metadata is not None:
             title = s.metadata.title or s.metadata.movementName or ""
         parts = list(s.parts) if hasattr(s, "parts") and len(s.parts) else [s]
-        part = parts[0]  # the soprano of a chorale; the tune of an ABC file
-        pickup = 0.0
-        measures = part.getElementsByClass("Measure")
-        if len(measures):
-            m0 = measures[0]
-            try:
-                bar = float(m0.barDuration.quarterLength)
-            except Exception:
-                bar = 0.0
-            dur = float(m0.duration.quarterLength)
-            if (m0.paddingLeft and m0.paddingLeft > 0) or (m0.number == 0 and 0 < dur < bar):
-                pickup = dur
-        stripped = part.stripTies()
-        flat = stripped.flatten()
-        pitches, onsets, durs, bars, bar_starts = [], [], [], [], []
-
-        def take(el, onset: float, bar: int | None, bar_start: float | None) -> None:
-            ql = float(el.quarterLength)
-            if ql <= 0 or el.duration.isGrace:
-                return
-            midi = max(p.midi for p in el.pitches) if el.isChord else el.pitch.midi
-            pitches.append(int(midi))
-            onsets.append(onset)
-            durs.append(ql)
-            bars.append(bar)
-            bar_starts.append(bar_start)
-
-        ms = stripped.getElementsByClass("Measure")
-        if len(ms):
-            # Bar numbers as printed (a pickup is bar 0), so evidence cites the score's bars.
-            for m in ms:
-                moff = float(m.offset)
-                for el in m.flatten().notes:
-                    take(el, moff + float(el.offset), int(m.number), moff)
-        else:
-            for el in flat.notes:
-                take(el, float(el.offset), None, None)
-        sigs = [
-            (float(ts.offset), int(ts.numerator), int(ts.denominator))
-            for ts in flat.getElementsByClass("TimeSignature")
-        ]
-        tempo = 120.0
-        for mm in flat.getElementsByClass("MetronomeMark"):
-            try:
-                q = mm.getQuarterBPM()
-                if q:
-                    tempo = float(q)
-                    break
-            except Exception:
-                pass
-        data = {
-            "bars": bars if bars and None not in bars else None,
-            "bar_starts": bar_starts if bar_starts and None not in bar_starts else None,
-            "pitches": pitches,
-            "onsets": onsets,
-            "durations": durs,
-            "time_signatures": sigs,
-            "pickup": pickup,
-            "tempo": tempo,
-        }
-        return key, coll, title.strip(), data, None
+        if kind != "voices":  # the soprano of a chorale; the tune of an ABC file
+            return [(key, coll, title.strip(), _part_data(parts[0]), None)]
+        work = ""
+        if s.metadata is not None:
+            work = s.metadata.parentTitle or ""
+        rows: list[Row] = []
+        for i, part in enumerate(parts):
+            data = _part_data(part)
+            data["work"] = work.strip()
+            voice = (getattr(part, "partName", None) or f"voice {i + 1}").strip()
+            rows.append((f"{key}:v{i}", coll, f"{work.strip()}: {title.strip()} ({voice})", data, None))
+        return rows
     except Exception as exc:
-        return key, coll, "", None, f"{type(exc).__name__}: {exc}"[:500]
+        return [(key, coll, "", None, f"{type(exc).__name__}: {exc}"[:500])]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -236,7 +271,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 def build_corpus(
     path: Path | None = None,
     *,
-    collections: Sequence[str] = tuple(COLLECTIONS),
+    collections: Sequence[str] = DEFAULT_COLLECTIONS,
     limit: int | None = None,
     jobs: int = 2,
     progress: bool = True,
@@ -254,7 +289,9 @@ def build_corpus(
     units = list_units(collections)
     if limit is not None:
         units = units[:limit]
+    # A voices unit is done when any of its voices (keys "<unit>:v<i>") is stored.
     done = {r[0] for r in con.execute("SELECT key FROM tunes")}
+    done |= {k.rsplit(":v", 1)[0] for k in done if ":v" in k}
     todo = [u for u in units if u[0] not in done]
     t0 = time.perf_counter()
     n_ok = n_err = 0
@@ -262,15 +299,16 @@ def build_corpus(
         ctx = get_context("fork") if hasattr(os, "fork") else get_context()
         with ctx.Pool(max(1, jobs)) as pool:
             it = pool.imap_unordered(_extract, todo, chunksize=8)
-            bar = tqdm(it, total=len(todo), desc="corpus", unit="tune", disable=not progress)
+            bar = tqdm(it, total=len(todo), desc="corpus", unit="file", disable=not progress)
             batch: list[tuple[Any, ...]] = []
-            for key, coll, title, data, err in bar:
-                n = len(data["pitches"]) if data else 0
-                batch.append(
-                    (key, coll, title, _split_of(key, coll), n, json.dumps(data) if data else None, err)
-                )
-                n_ok += err is None
-                n_err += err is not None
+            for rows in bar:
+                for key, coll, title, data, err in rows:
+                    n = len(data["pitches"]) if data else 0
+                    batch.append(
+                        (key, coll, title, _split_of(key, coll), n, json.dumps(data) if data else None, err)
+                    )
+                    n_ok += err is None
+                    n_err += err is not None
                 if len(batch) >= 100:
                     con.executemany("INSERT OR REPLACE INTO tunes VALUES (?,?,?,?,?,?,?)", batch)
                     con.commit()
@@ -322,7 +360,7 @@ def load_corpus(
             bar_offset_beats=d.get("pickup", 0.0),
             bars=d.get("bars"),
             bar_starts=d.get("bar_starts"),
-            info={"key": key, "collection": coll, "title": title},
+            info={"key": key, "collection": coll, "title": title, **({"work": d["work"]} if d.get("work") else {})},
         )
         if len(mel) >= min_notes:
             out.append(CorpusTune(key, coll, title, split, mel))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from melodyguard.align import align_intervals, is_near_duplicate, note_iois  # noqa: E402
 from melodyguard.augment import augment  # noqa: E402
-from melodyguard.corpus import HELDOUT_COLLECTIONS, load_corpus  # noqa: E402
+from melodyguard.corpus import HELDOUT_COLLECTIONS, STYLE_COLLECTIONS, load_corpus  # noqa: E402
 from melodyguard.fingerprint import Melody  # noqa: E402
 from melodyguard.fingerprint.windows import PITCH_PAD, encode_notes  # noqa: E402
 from melodyguard.model.encoder import Encoder, load_encoder  # noqa: E402
@@ -282,14 +282,41 @@ def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float = 0.01) -> float:
     return float(np.mean(pos > thr))
 
 
+def split_pool(pool, *, n_neg: int, size: int, rng) -> tuple[list[Any], list[Any]]:
+    """Hosts/negatives and catalogue works drawn from ``pool``.
+
+    Tunes that name their work (``Melody.info["work"]``: the voices of one Palestrina mass) are
+    drawn by whole works, so no mass has voices on both sides: they imitate each other and
+    share a chant, which would make every host a relative of the catalogue. Masses on the same
+    chant (a numbered series, "Missa ... (I)", "(II)") count as one work.
+    """
+    works = [t.melody.info.get("work") for t in pool]
+    if not any(works):
+        order = rng.permutation(len(pool))
+        return [pool[i] for i in order[:n_neg]], [pool[i] for i in order[n_neg:n_neg + size]]
+    import re
+
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(works):
+        groups.setdefault(re.sub(r"\s*\([IVX]+\)\s*$", "", w or ""), []).append(i)
+    names = sorted(groups)
+    hosts: list[Any] = []
+    cat: list[Any] = []
+    for g in rng.permutation(len(names)):
+        members = [pool[i] for i in groups[names[g]]]
+        if len(hosts) < n_neg:
+            hosts += members
+        elif len(cat) < size:
+            cat += members
+    return hosts[:n_neg], cat[:size]
+
+
 def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: int, baseline_queries: int,
                       seed: int, index_kind: str) -> dict[str, Any]:
     from melodyguard.index import Catalogue
 
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pool))
-    hosts = [pool[i] for i in order[:n_neg]]
-    cat_tunes = [pool[i] for i in order[n_neg:n_neg + size]]
+    hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
     res: dict[str, Any] = {"catalogue_works": len(cat_tunes)}
     try:
@@ -453,9 +480,7 @@ def null_section(enc: Encoder, pool, *, size: int, n: int, seed: int, index_kind
     from melodyguard.index import Catalogue
 
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pool))
-    hosts = [pool[i] for i in order[:500]]
-    cat_tunes = [pool[i] for i in order[500:500 + size]]
+    hosts, cat_tunes = split_pool(pool, n_neg=500, size=size, rng=rng)
     tmp = Path(tempfile.mkdtemp(prefix="mg-null-"))
     try:
         cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
@@ -920,9 +945,10 @@ def print_markdown(results: dict[str, Any]) -> None:
         print("| metric | value |\n|---|---|")
         for k, v in m.items():
             print(f"| {k} | {v} |")
+    pool = "" if results.get("pool", "folk") == "folk" else f" ({results['pool']})"
     for key in sorted(k for k in results if k.startswith("detect_")):
         d = results[key]
-        _table(f"Detection, catalogue of {d['catalogue_works']} held-out works ({d['index_kind']} index, {d['vectors']} vectors)",
+        _table(f"Detection, catalogue of {d['catalogue_works']} held-out works{pool} ({d['index_kind']} index, {d['vectors']} vectors)",
                ["query", "level", "n", "recall@1", "(as ranked)", "MRR", "TPR@1%FPR", "flagged by default",
                 "baseline recall@1", "(as ranked)", "baseline MRR", "baseline TPR@1%FPR", "ours on the same n"],
                [[r["kind"], r["level"], r["queries"], f"{r['recall@1']:.3f}", f"{r.get('recall@1_strict', r['recall@1']):.3f}",
@@ -974,7 +1000,7 @@ def print_markdown(results: dict[str, Any]) -> None:
                  f"{r['speedup_vs_baseline_p50']}x", r["sanity_recall@1_strict"]] for r in d["rows"]])
     for key in sorted(k for k in results if k.startswith("null_")):
         d = results[key]
-        _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works",
+        _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works{pool}",
                ["queries", "n", "flagged review or block (E <= 1e-4)", "block (E <= 1e-8)", "-log10 E, 90th pct", "99th pct"],
                [[r["queries"], r["n"], f"{r['review_rate']:.3f}", f"{r['block_rate']:.3f}", r["minus_log10_e_p90"],
                  r["minus_log10_e_p99"]] for r in d["rows"]])
@@ -1002,15 +1028,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-kind", default="auto")
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", choices=["folk", "palestrina"], default="folk",
+                    help="held-out tunes for detection and the null study: the folk collections (default) or, "
+                         "another style, the voices of Palestrina's masses (scripts/build_corpus.py --collections palestrina)")
     ap.add_argument("--json", type=Path, default=Path("runs/benchmark.json"))
     a = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(2)
     enc = load_encoder(a.weights)
-    pool = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS)
+    pool = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS if a.pool == "folk" else STYLE_COLLECTIONS)
+    if not pool:
+        raise SystemExit(f"no held-out tunes of pool {a.pool!r} in the corpus cache; run scripts/build_corpus.py"
+                         + (" --collections palestrina" if a.pool != "folk" else ""))
     results: dict[str, Any] = {"command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                               "weights": enc.fingerprint, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
+                               "weights": enc.fingerprint, "pool": a.pool, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
     t0 = time.time()
     if "model" in a.sections:
         results["model"] = model_section(enc, pool, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from melodyguard.corpus import COLLECTIONS, build_corpus, default_corpus_path  # noqa: E402
+from melodyguard.corpus import COLLECTIONS, DEFAULT_COLLECTIONS, build_corpus, default_corpus_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="export only the first N tunes (all collections interleaved)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel worker processes")
     ap.add_argument("--out", type=Path, default=None, help=f"cache file (default {default_corpus_path()})")
-    ap.add_argument("--collections", nargs="*", default=list(COLLECTIONS), choices=list(COLLECTIONS))
+    ap.add_argument("--collections", nargs="*", default=list(DEFAULT_COLLECTIONS), choices=list(COLLECTIONS),
+                    help="default: the training and held-out folk collections; add palestrina for the other-style benchmark")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     stats = build_corpus(a.out, collections=a.collections, limit=a.limit, jobs=a.jobs, progress=not a.quiet)

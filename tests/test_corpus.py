@@ -36,3 +36,24 @@ def test_split_rules():
 def test_units_interleave_collections():
     units = list_units(["ryansMammoth", "bach"])
     assert [u[1] for u in units[:4]] == ["ryansMammoth", "bach", "ryansMammoth", "bach"]
+
+
+def test_voices_of_a_mass_are_held_out_tunes_that_name_their_mass(tmp_path):
+    """Every voice of a Palestrina movement becomes one tune; a re-run reuses the movement."""
+    db = tmp_path / "corpus.sqlite"
+    first = build_corpus(db, collections=["palestrina"], limit=1, jobs=1, progress=False)
+    assert first["units"] == 1 and first["parsed"] >= 4 and first["failed"] == 0
+    again = build_corpus(db, collections=["palestrina"], limit=1, jobs=1, progress=False)
+    assert (again["parsed"], again["reused"]) == (0, 1)
+    tunes = load_corpus(db)
+    assert len(tunes) == first["parsed"]
+    assert len({t.key for t in tunes}) == len(tunes) and all(":v" in t.key for t in tunes)
+    assert {t.split for t in tunes} == {"heldout"}
+    works = {t.melody.info["work"] for t in tunes}
+    assert len(works) == 1 and works.pop().startswith("Missa")
+    assert len({tuple(t.melody.pitches[:12]) for t in tunes}) == len(tunes)  # distinct voices, not one part copied
+    assert all(t.title.startswith("Missa") for t in tunes)
+
+
+def test_default_export_leaves_out_the_other_style():
+    assert "palestrina" not in {u[1] for u in list_units()[:2000]}
