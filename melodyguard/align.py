@@ -46,8 +46,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-__all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "align_notes", "align_intervals", "best_scores", "note_iois",
-           "note_weights", "is_near_duplicate", "estimate_shift", "shift_keys"]
+__all__ = ["Alignment", "Scoring", "DEFAULT_SCORING", "Side", "align_notes", "align_intervals", "best_scores",
+           "best_scores_sides", "note_iois", "note_weights", "is_near_duplicate", "estimate_shift",
+           "estimate_shift_sides", "prepare_side", "shift_keys"]
 
 
 
@@ -370,6 +371,35 @@ def align_notes(
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class Side:
+    """One melody's inputs to :func:`best_scores_sides` and :func:`estimate_shift_sides`, computed
+    once: a query is scored against many references, and a reference by many queries (the
+    catalogue keeps its works' sides with their parsed melodies)."""
+
+    pitch: np.ndarray  #: int64
+    log_ioi: np.ndarray  #: log2 inter-onset intervals (beats)
+    weight: np.ndarray  #: the kernel's note weights (1 when not given or not ``scoring.weighted``)
+    orn_ml: np.ndarray  #: the ornament arrays of :func:`_ornaments`
+    orn_ok: np.ndarray
+    keys: np.ndarray  #: :func:`shift_keys` (3-note figures); sorted (stable), and the order that sorts them
+    keys_sorted: np.ndarray
+    keys_order: np.ndarray
+    scoring: Scoring
+
+
+def prepare_side(pitch: np.ndarray, ioi: np.ndarray, *, weight: np.ndarray | None = None,
+                 scoring: Scoring = DEFAULT_SCORING) -> Side:
+    """The :class:`Side` of a melody (pitches, IOIs in beats, optional note weights)."""
+    p = np.ascontiguousarray(pitch, dtype=np.int64)
+    lg = np.log2(np.ascontiguousarray(ioi, dtype=np.float64))
+    w = np.ones(p.size) if (weight is None or not scoring.weighted) else np.ascontiguousarray(weight, dtype=np.float64)
+    ml, ok = _ornaments(p, lg, scoring)
+    keys, _ = shift_keys(p, ioi)
+    order = np.argsort(keys, kind="stable")
+    return Side(p, lg, w, ml, ok, keys, keys[order], order, scoring)
+
+
 def best_scores(
     q_pitch: np.ndarray,
     q_ioi: np.ndarray,
@@ -386,11 +416,20 @@ def best_scores(
     traceback: for choosing the shift before aligning at it. Shape ``(len(shifts),)``."""
     if not shifts:
         return np.zeros(0)
-    qp, ql, rp, rl, wq, wr, q_ml, q_ok, r_ml, r_ok = _kernel_inputs(q_pitch, q_ioi, r_pitch, r_ioi, q_weight,
-                                                                    r_weight, scoring)
+    return best_scores_sides(prepare_side(q_pitch, q_ioi, weight=q_weight, scoring=scoring),
+                             prepare_side(r_pitch, r_ioi, weight=r_weight, scoring=scoring), shifts=shifts)
+
+
+def best_scores_sides(q: Side, r: Side, *, shifts: list[tuple[int, float]]) -> np.ndarray:
+    """:func:`best_scores` of two prepared sides (the same numbers)."""
+    if not shifts:
+        return np.zeros(0)
+    if q.scoring != r.scoring:
+        raise ValueError("both sides must be prepared with the same scoring")
     ts = np.array([int(t) for t, _ in shifts], dtype=np.int64)
-    lr = np.array([float(np.log2(max(r, 1e-6))) for _, r in shifts], dtype=np.float64)
-    return np.asarray(_sw_scores(qp, ql, rp, rl, ts, lr, wq, wr, q_ml, q_ok, r_ml, r_ok, scoring.array()))
+    lr = np.array([float(np.log2(max(rt, 1e-6))) for _, rt in shifts], dtype=np.float64)
+    return np.asarray(_sw_scores(q.pitch, q.log_ioi, r.pitch, r.log_ioi, ts, lr, q.weight, r.weight, q.orn_ml,
+                                 q.orn_ok, r.orn_ml, r.orn_ok, q.scoring.array()))
 
 
 def note_weights(pitch: np.ndarray, ioi: np.ndarray, background: dict | None) -> np.ndarray:
@@ -471,8 +510,21 @@ def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, 
     kq, ql = q_keys if q_keys is not None else shift_keys(qp, q_ioi, n=n)
     kr, rl = shift_keys(rp, r_ioi, n=n)
     order = np.argsort(kr, kind="stable")
-    lo = np.searchsorted(kr[order], kq, "left")
-    hi = np.searchsorted(kr[order], kq, "right")
+    return _vote_shifts(qp, kq, ql, rp, kr[order], order, rl, top=top)
+
+
+def estimate_shift_sides(q: Side, r: Side, *, top: int = 2) -> list[tuple[int, float]]:
+    """:func:`estimate_shift` (3-note figures) of two prepared sides: the same pairs."""
+    if len(q.pitch) < 4 or len(r.pitch) < 4:
+        return []
+    return _vote_shifts(q.pitch, q.keys, q.log_ioi, r.pitch, r.keys_sorted,
+                        r.keys_order, r.log_ioi, top=top)
+
+
+def _vote_shifts(qp: np.ndarray, kq: np.ndarray, ql: np.ndarray, rp: np.ndarray, kr_sorted: np.ndarray,
+                 order: np.ndarray, rl: np.ndarray, *, top: int) -> list[tuple[int, float]]:
+    lo = np.searchsorted(kr_sorted, kq, "left")
+    hi = np.searchsorted(kr_sorted, kq, "right")
     cnt = hi - lo
     if cnt.sum() == 0:
         return []

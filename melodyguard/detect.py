@@ -46,12 +46,13 @@ import numpy as np
 from .align import (
     DEFAULT_SCORING,
     Scoring,
+    Side,
     align_notes,
-    best_scores,
-    estimate_shift,
+    best_scores_sides,
+    estimate_shift_sides,
     note_iois,
     note_weights,
-    shift_keys,
+    prepare_side,
 )
 from .config import DEFAULT_MIN_NOTES
 from .errors import InvalidInputError, MelodyTooShortError
@@ -259,11 +260,12 @@ def check_melody(
 
     background = cal.info.get("background")
     q_side = []  # per view: (melody, map to original notes, iois in beats, note weights)
-    q_keys = []  # per view: the keys of its 3-note figures, for estimate_shift
+    q_prep = []  # per view: its alignment inputs, prepared once for every candidate
     for vm, vmap in views:
         vi = note_iois(vm.onsets_beats, vm.durations_beats)
-        q_side.append((vm, vmap, vi, note_weights(vm.pitches, vi, background)))
-        q_keys.append(shift_keys(vm.pitches, vi))
+        wq_v = note_weights(vm.pitches, vi, background)
+        q_side.append((vm, vmap, vi, wq_v))
+        q_prep.append(prepare_side(vm.pitches, vi, weight=wq_v, scoring=cal.scoring))
     shifted: list[tuple[Any, ...]] = []  # (E at the best shift, candidate rank, work, ...)
     for rank, w in enumerate(ranked):
         hw = hits[w]
@@ -278,17 +280,13 @@ def check_melody(
         # double it, so the snapped ratio and x1 are tried as well.
         ratios = sorted({round(ratio, 4), float(2.0 ** np.round(np.log2(max(ratio, 1e-6)))), 1.0})
         for v, (qm, qmap, q_ioi, wq) in enumerate(q_side):
-            rm, rmap = (ref, np.arange(len(ref))) if v == 0 else collapse_repeats(ref)
-            r_ioi = note_iois(rm.onsets_beats, rm.durations_beats)
-            wr = note_weights(rm.pitches, r_ioi, background)
+            rm, rmap, r_ioi, wr, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
             pairs = [(tr, rt) for tr in transpositions for rt in ratios]
             if config.shift_hashing:
-                pairs += [x for x in estimate_shift(qm.pitches, q_ioi, rm.pitches, r_ioi, top=1, q_keys=q_keys[v])
-                          if x not in pairs]
+                pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1) if x not in pairs]
             # Score every shift in one pass; align (with traceback and further segments) only
             # at the best one -- the same choice as aligning at each, several times cheaper.
-            sc = best_scores(qm.pitches, q_ioi, rm.pitches, r_ioi, shifts=pairs, q_weight=wq, r_weight=wr,
-                             scoring=cal.scoring)
+            sc = best_scores_sides(q_prep[v], r_prep, shifts=pairs)
             if not sc.size or sc.max() <= 0:
                 continue
             k = int(np.argmax(sc))  # the first of equal scores, as before
@@ -357,6 +355,24 @@ def check_melody(
             "total": round(1000 * (t_end - t0), 2),
         },
     }
+
+
+def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: Any,
+                    scoring: Scoring) -> tuple[Melody, np.ndarray, np.ndarray, np.ndarray, Side]:
+    """A candidate's notes in one view (the notes, or their repeat-collapsed form), with the map
+    to its notes, IOIs, note weights and prepared alignment inputs; kept by the catalogue
+    (:meth:`Catalogue.derived`) so that a work verified again is not prepared again."""
+
+    def make(m: Melody) -> tuple[Melody, np.ndarray, np.ndarray, np.ndarray, Side]:
+        rm, rmap = (m, np.arange(len(m))) if view == 0 else collapse_repeats(m)
+        r_ioi = note_iois(rm.onsets_beats, rm.durations_beats)
+        wr = note_weights(rm.pitches, r_ioi, background)
+        return rm, rmap, r_ioi, wr, prepare_side(rm.pitches, r_ioi, weight=wr, scoring=scoring)
+
+    if not hasattr(catalogue, "derived"):
+        return make(ref)
+    side = catalogue.derived(w, ("verify", view, id(background)), make)
+    return side if side[4].scoring == scoring else make(ref)  # another calibration's: not reused
 
 
 def _match_entry(melody: Melody, catalogue: Any, e: float, w: int, ref: Melody, best_al: list[Any], view_main: Any,

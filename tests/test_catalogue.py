@@ -89,6 +89,30 @@ def test_index_persisted_and_brought_up_to_date(tmp_path, shipped_encoder, rng):
     assert fresh.index()[0].ntotal == n + k[0]
 
 
+def test_flat_search_is_exact_on_the_blas_path_and_a_callers_setting_is_kept(rng, monkeypatch):
+    """faiss 1.15 keeps up to 2,000 64-d query windows on its slow sequential kernel; melodyguard
+    moves its default threshold so that a query of many windows takes BLAS. Both must give the
+    exact neighbours (checked against numpy), and a threshold the caller set is not touched."""
+    import faiss
+
+    import melodyguard.index.vectors as vectors
+
+    monkeypatch.setattr(faiss.cvar, "distance_compute_blas_threshold", vectors._FAISS_DEFAULT_BLAS_THRESHOLD)
+    db = rng.normal(size=(3000, 64)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q = (db[rng.choice(3000, 300, replace=False)] + rng.normal(0, 0.3, (300, 64))).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    idx = vectors.VectorIndex.build(db, np.arange(10, 3010, dtype=np.int64), kind="flat", encoder="e", generation=1)
+    assert faiss.cvar.distance_compute_blas_threshold == vectors.FAISS_BLAS_THRESHOLD  # 300 x 64 takes BLAS
+    sims, ids = idx.search(q, 5)
+    exact = np.argsort(-(q @ db.T), axis=1, kind="stable")[:, :5] + 10
+    assert (ids[:, 0] == exact[:, 0]).all() and np.mean(ids == exact) > 0.99  # ties may swap further down
+    np.testing.assert_allclose(sims, np.take_along_axis(q @ db.T, exact - 10, 1), atol=1e-5)
+    faiss.cvar.distance_compute_blas_threshold = 55  # the caller's own choice
+    vectors.VectorIndex.build(db[:100], np.arange(100, dtype=np.int64), kind="flat", encoder="e", generation=1)
+    assert faiss.cvar.distance_compute_blas_threshold == 55
+
+
 def test_an_outgrown_index_is_rebuilt_not_appended_to(tmp_path, shipped_encoder, rng, monkeypatch):
     """A catalogue that grows past what its index was built for gets a new one: flat -> IVF
     past AUTO_FLAT_MAX (made small here), and an IVF that should have 1.5x its lists gets them.
@@ -495,6 +519,34 @@ def test_estimate_shift_finds_key_and_pace_of_a_lifted_passage(rng):
     got = estimate_shift(qp, note_iois(qo, qd), p, note_iois(o, d), top=1)
     assert got[0][0] == 5 and abs(got[0][1] - 1 / 1.5) < 0.03
     assert estimate_shift(qp[:3], qo[:3], p, o) == []  # too short to say
+    # Prepared once (as detection does for the query and each catalogue work): the same pairs.
+    from melodyguard.align import estimate_shift_sides, prepare_side
+
+    q_side, r_side = prepare_side(qp, note_iois(qo, qd)), prepare_side(p, note_iois(o, d))
+    assert estimate_shift_sides(q_side, r_side, top=3) == estimate_shift(qp, note_iois(qo, qd), p, note_iois(o, d), top=3)
+    assert estimate_shift_sides(prepare_side(qp[:3], note_iois(qo[:3], qd[:3])), r_side) == []  # too short
+
+
+def test_catalogue_keeps_derived_values_until_the_work_is_removed(tmp_path, shipped_encoder, rng):
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    works = cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(make_catalogue_melodies(rng, 3))])
+    calls: list[int] = []
+
+    def make(m):
+        calls.append(len(m))
+        return len(m) * 2
+
+    w = works[0].id
+    assert cat.derived(w, "twice", make) == cat.derived(w, "twice", make) == 2 * len(cat.melody(w))
+    assert len(calls) == 1  # computed once
+    cat.derived(works[1].id, "twice", make)
+    assert len(calls) == 2
+    cat.remove(w)
+    with pytest.raises(WorkNotFoundError):
+        cat.derived(w, "twice", make)  # forgotten with the work
+    cat.derived(works[1].id, "twice", make)
+    assert len(calls) == 2  # the other work's value is kept
+    cat.close()
 
 
 def test_best_scores_equal_the_first_alignment_at_each_shift(rng):

@@ -25,7 +25,7 @@ import json
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +205,7 @@ class Catalogue:
         self._total_notes = 0
         self._cache_lock = threading.Lock()
         self._melodies: OrderedDict[int, Melody] = OrderedDict()
+        self._derived: OrderedDict[tuple[int, Any], Any] = OrderedDict()
         self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._tx() as con:
             self._check_meta(con)
@@ -369,6 +370,23 @@ class Catalogue:
                 self._melodies.popitem(last=False)
         return m
 
+    def derived(self, work_id: int, key: Any, make: Callable[[Melody], Any]) -> Any:
+        """``make(melody)`` of a work's melody, computed once and kept like the parsed melodies
+        (the most recent few thousand; forgotten when the work is removed or the catalogue's
+        generation moves). ``key`` names what ``make`` computes: detection keeps each
+        reference's alignment inputs here."""
+        k = (int(work_id), key)
+        with self._cache_lock:
+            if k in self._derived:
+                self._derived.move_to_end(k)
+                return self._derived[k]
+        value = make(self.melody(work_id))
+        with self._cache_lock:
+            self._derived[k] = value
+            while len(self._derived) > MELODY_CACHE:
+                self._derived.popitem(last=False)
+        return value
+
     def add(
         self,
         source: str | Path | bytes,
@@ -471,6 +489,8 @@ class Catalogue:
             con.execute("DELETE FROM works WHERE id=?", (work.id,))
             with self._cache_lock:
                 self._melodies.pop(work.id, None)
+                for k in [k for k in self._derived if k[0] == work.id]:
+                    del self._derived[k]
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
         return work
@@ -527,6 +547,7 @@ class Catalogue:
                 return self._index, self._table
             with self._cache_lock:  # another process may have removed works
                 self._melodies.clear()
+                self._derived.clear()
             folder = self.path / "index"
             con = self._con()
             last_removal = int((con.execute("SELECT value FROM meta WHERE name='last_removal'").fetchone() or [0])[0])
