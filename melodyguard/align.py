@@ -319,19 +319,11 @@ def _kernel_inputs(
     q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray,
     q_weight: np.ndarray | None, r_weight: np.ndarray | None, scoring: Scoring,
 ) -> tuple[np.ndarray, ...]:
-    """What the alignment kernels take of two melodies: pitches, log2 IOIs, note weights (1
-    when not given or not ``scoring.weighted``) and the ornament arrays (:func:`_ornaments`),
-    query side then reference side for each."""
-    qp = np.ascontiguousarray(q_pitch, dtype=np.int64)
-    rp = np.ascontiguousarray(r_pitch, dtype=np.int64)
-    ql = np.log2(np.ascontiguousarray(q_ioi, dtype=np.float64))
-    rl = np.log2(np.ascontiguousarray(r_ioi, dtype=np.float64))
-    use_w = scoring.weighted
-    wq = np.ones(qp.size) if (q_weight is None or not use_w) else np.ascontiguousarray(q_weight, dtype=np.float64)
-    wr = np.ones(rp.size) if (r_weight is None or not use_w) else np.ascontiguousarray(r_weight, dtype=np.float64)
-    q_ml, q_ok = _ornaments(qp, ql, scoring)
-    r_ml, r_ok = _ornaments(rp, rl, scoring)
-    return qp, ql, rp, rl, wq, wr, q_ml, q_ok, r_ml, r_ok
+    """What the alignment kernels take of two melodies (their :class:`Side`): pitches, log2
+    IOIs, note weights and the ornament arrays, query side then reference side for each."""
+    q = prepare_side(q_pitch, q_ioi, weight=q_weight, scoring=scoring)
+    r = prepare_side(r_pitch, r_ioi, weight=r_weight, scoring=scoring)
+    return q.pitch, q.log_ioi, r.pitch, r.log_ioi, q.weight, r.weight, q.orn_ml, q.orn_ok, r.orn_ml, r.orn_ok
 
 
 def align_notes(
@@ -492,8 +484,7 @@ def shift_keys(pitch: np.ndarray, ioi: np.ndarray, *, n: int = 3) -> tuple[np.nd
 
 
 def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray, *,
-                   n: int = 3, top: int = 2,
-                   q_keys: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, float]]:
+                   n: int = 3, top: int = 2) -> list[tuple[int, float]]:
     """The most supported ``(transposition, tempo_ratio)`` pairs that map query onto reference.
 
     Every run of ``n`` notes is keyed by its intervals and inter-onset ratios (both invariant to
@@ -502,23 +493,21 @@ def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, 
     geometric hashing of fingerprinting, here to find a lifted passage's key and pace when the
     window hits around it are too few to say. ``transposition`` is added to the query,
     ``tempo_ratio`` is reference IOI / query IOI, as :func:`align_notes` takes them.
-    ``q_keys`` is the query's :func:`shift_keys`, when checking it against many references.
+    :func:`estimate_shift_sides` does the same for prepared sides (3-note figures).
     """
     qp, rp = np.asarray(q_pitch, np.int64), np.asarray(r_pitch, np.int64)
     if len(qp) < n + 1 or len(rp) < n + 1:
         return []
-    kq, ql = q_keys if q_keys is not None else shift_keys(qp, q_ioi, n=n)
+    kq, ql = shift_keys(qp, q_ioi, n=n)
     kr, rl = shift_keys(rp, r_ioi, n=n)
     order = np.argsort(kr, kind="stable")
     return _vote_shifts(qp, kq, ql, rp, kr[order], order, rl, top=top)
 
 
 def estimate_shift_sides(q: Side, r: Side, *, top: int = 2) -> list[tuple[int, float]]:
-    """:func:`estimate_shift` (3-note figures) of two prepared sides: the same pairs."""
-    if len(q.pitch) < 4 or len(r.pitch) < 4:
-        return []
-    return _vote_shifts(q.pitch, q.keys, q.log_ioi, r.pitch, r.keys_sorted,
-                        r.keys_order, r.log_ioi, top=top)
+    """:func:`estimate_shift` (3-note figures) of two prepared sides: the same pairs (none when
+    either is too short to have a figure)."""
+    return _vote_shifts(q.pitch, q.keys, q.log_ioi, r.pitch, r.keys_sorted, r.keys_order, r.log_ioi, top=top)
 
 
 def _vote_shifts(qp: np.ndarray, kq: np.ndarray, ql: np.ndarray, rp: np.ndarray, kr_sorted: np.ndarray,

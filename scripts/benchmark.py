@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import sys
@@ -294,8 +295,6 @@ def split_pool(pool, *, n_neg: int, size: int, rng) -> tuple[list[Any], list[Any
     if not any(works):
         order = rng.permutation(len(pool))
         return [pool[i] for i in order[:n_neg]], [pool[i] for i in order[n_neg:n_neg + size]]
-    import re
-
     groups: dict[str, list[int]] = {}
     for i, w in enumerate(works):
         groups.setdefault(re.sub(r"\s*\([IVX]+\)\s*$", "", w or ""), []).append(i)
@@ -1037,7 +1036,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(2)
     enc = load_encoder(a.weights)
-    pool = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS if a.pool == "folk" else STYLE_COLLECTIONS)
+    # The other style is for detection and the null study only; every other section measures
+    # the folk collections (loaded only when one asks for them).
+    other = [s for s in a.sections if s not in ("detect", "null")]
+    folk = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS) if a.pool == "folk" or other else []
+    pool = folk if a.pool == "folk" else load_corpus(splits=["heldout"], collections=STYLE_COLLECTIONS)
     if not pool:
         raise SystemExit(f"no held-out tunes of pool {a.pool!r} in the corpus cache; run scripts/build_corpus.py"
                          + (" --collections palestrina" if a.pool != "folk" else ""))
@@ -1045,10 +1048,10 @@ def main(argv: list[str] | None = None) -> int:
                                "weights": enc.fingerprint, "pool": a.pool, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
     t0 = time.time()
     if "model" in a.sections:
-        results["model"] = model_section(enc, pool, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed)
+        results["model"] = model_section(enc, folk, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed)
         print(json.dumps(results["model"]), flush=True)
     if "generation" in a.sections:
-        results["generation"] = generation_section(enc, pool, n=200, seed=a.seed)
+        results["generation"] = generation_section(enc, folk, n=200, seed=a.seed)
         print(json.dumps(results["generation"]), flush=True)
     if "detect" in a.sections:
         for size in a.sizes:
@@ -1061,15 +1064,15 @@ def main(argv: list[str] | None = None) -> int:
             results[f"null_{size}"] = null_section(enc, pool, size=size, n=300, seed=a.seed, index_kind=a.index_kind)
             print(json.dumps(results[f"null_{size}"]), flush=True)
     if "memorization" in a.sections:
-        results["memorization"] = memorization_section(enc, pool, n=300, seed=a.seed, index_kind=a.index_kind)
+        results["memorization"] = memorization_section(enc, folk, n=300, seed=a.seed, index_kind=a.index_kind)
         print(json.dumps(results["memorization"]), flush=True)
     if "tracks" in a.sections:
-        results["tracks"] = tracks_section(enc, pool, seed=a.seed, index_kind=a.index_kind)
+        results["tracks"] = tracks_section(enc, folk, seed=a.seed, index_kind=a.index_kind)
         print(json.dumps(results["tracks"]), flush=True)
     if "parse" in a.sections:
-        results["parse"] = parse_latency(enc, pool, n=100, seed=a.seed)
+        results["parse"] = parse_latency(enc, folk, n=100, seed=a.seed)
     if "scale" in a.sections:
-        results["scale"] = scale_section(enc, pool, sizes=a.scale_sizes, seed=a.seed, index_kind=a.index_kind)
+        results["scale"] = scale_section(enc, folk, sizes=a.scale_sizes, seed=a.seed, index_kind=a.index_kind)
     results["seconds"] = round(time.time() - t0, 1)
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=2, default=float))
