@@ -47,7 +47,7 @@ from .align import (
     DEFAULT_SCORING,
     Scoring,
     Side,
-    align_notes,
+    align_sides,
     best_scores_sides,
     estimate_shift_sides,
     note_iois,
@@ -259,12 +259,12 @@ def check_melody(
     t_vote = time.perf_counter()
 
     background = cal.info.get("background")
-    q_side = []  # per view: (melody, map to original notes, iois in beats, note weights)
+    q_side = []  # per view: (melody, map to original notes, iois in beats)
     q_prep = []  # per view: its alignment inputs, prepared once for every candidate
     for vm, vmap in views:
         vi = note_iois(vm.onsets_beats, vm.durations_beats)
         wq_v = note_weights(vm.pitches, vi, background)
-        q_side.append((vm, vmap, vi, wq_v))
+        q_side.append((vm, vmap, vi))
         q_prep.append(prepare_side(vm.pitches, vi, weight=wq_v, scoring=cal.scoring))
     shifted: list[tuple[Any, ...]] = []  # (E at the best shift, candidate rank, work, ...)
     for rank, w in enumerate(ranked):
@@ -279,8 +279,8 @@ def check_melody(
         # Window medians give a noisy tempo ratio; copies mostly keep the beat (x1) or halve or
         # double it, so the snapped ratio and x1 are tried as well.
         ratios = sorted({round(ratio, 4), float(2.0 ** np.round(np.log2(max(ratio, 1e-6)))), 1.0})
-        for v, (qm, qmap, q_ioi, wq) in enumerate(q_side):
-            rm, rmap, r_ioi, wr, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
+        for v, (qm, qmap, q_ioi) in enumerate(q_side):
+            rm, rmap, r_ioi, _, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
             pairs = [(tr, rt) for tr in transpositions for rt in ratios]
             if config.shift_hashing:
                 pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1) if x not in pairs]
@@ -295,7 +295,7 @@ def check_melody(
             if e_v < best_e:
                 best_e, best_v = e_v, v
                 best_pair = pairs[k]
-                view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi, wq, wr)
+                view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi, q_prep[v], r_prep)
         if np.isfinite(best_e):
             shifted.append((best_e, rank, w, ref, best_pair, view_notes, best_v))
     # Align (traceback, further segments) in order of the E-value at the best shift, a lower
@@ -306,10 +306,9 @@ def check_melody(
     for best_e, rank, w, ref, best_pair, view_notes, best_v in shifted:
         if len(scored) >= config.max_matches and sorted(x[0] for x in scored)[config.max_matches - 1] < best_e:
             break
-        qm, qmap, q_ioi, rm, rmap, r_ioi, wq, wr = view_notes
-        best_al = align_notes(qm.pitches, q_ioi, rm.pitches, r_ioi, transposition=best_pair[0],
-                              tempo_ratio=best_pair[1], max_segments=config.max_segments, q_weight=wq, r_weight=wr,
-                              scoring=cal.scoring)
+        qm, qmap, q_ioi, rm, rmap, r_ioi, qs, rs = view_notes
+        best_al = align_sides(qs, rs, transposition=best_pair[0], tempo_ratio=best_pair[1],
+                              max_segments=config.max_segments)
         if not best_al:
             continue
         # Evidence speaks of the notes as given: collapsed-view indices map to each run's first note.

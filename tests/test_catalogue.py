@@ -527,6 +527,28 @@ def test_estimate_shift_finds_key_and_pace_of_a_lifted_passage(rng):
     assert estimate_shift_sides(prepare_side(qp[:3], note_iois(qo[:3], qd[:3])), r_side) == []  # too short
 
 
+def test_shift_vote_kernel_counts_like_numpy(rng):
+    """The compiled shift vote against a plain numpy count: every pair of equal figure keys
+    votes for one (transposition, tempo) code; most votes first, ties to the smaller code."""
+    from melodyguard.align import _vote_kernel
+
+    def reference(qp, kq, ql, rp, kr_sorted, order, rl, top):
+        codes = [(rp[order[a]] - qp[i] + 128) * 1000 + int(np.rint(12 * (rl[order[a]] - ql[i]))) + 500
+                 for i in range(kq.size) for a in range(kr_sorted.size) if kr_sorted[a] == kq[i]]
+        u, c = np.unique(np.asarray(codes, np.int64), return_counts=True)
+        return u[np.argsort(-c, kind="stable")][:top]
+
+    for _ in range(40):
+        n, m = int(rng.integers(0, 30)), int(rng.integers(1, 60))
+        kq, kr = rng.integers(0, 6, n), rng.integers(0, 6, m)  # few keys: many pairs and ties
+        qp, rp = rng.integers(50, 80, n), rng.integers(50, 80, m)
+        ql, rl = rng.choice([-1.0, 0.0, 0.585, 1.0], n), rng.choice([-1.0, 0.0, 0.585, 1.0], m)
+        order = np.argsort(kr, kind="stable")
+        for top in (1, 2, 5):
+            got = _vote_kernel(qp, kq, ql, rp, kr[order], order, rl, top)
+            np.testing.assert_array_equal(got, reference(qp, kq, ql, rp, kr[order], order, rl, top))
+
+
 def test_catalogue_keeps_derived_values_until_the_work_is_removed(tmp_path, shipped_encoder, rng):
     cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
     works = cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(make_catalogue_melodies(rng, 3))])

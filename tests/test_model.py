@@ -42,6 +42,31 @@ def test_embedding_shapes_norm_and_determinism(tiny_weights, rng):
     assert list(e1.windows.start) == list(range(25))
 
 
+def test_windows_cut_to_their_notes_embed_as_padded_ones(shipped_encoder, rng):
+    """Embedding groups windows by width and cuts the trailing padding; the encoder masks
+    padding, so each vector is the one the full padded batch gives, in the input's order."""
+    from melodyguard.fingerprint.windows import (
+        PITCH_PAD,
+        WindowConfig,
+        Windows,
+        short_windows,
+        window_melody,
+    )
+
+    mels = [Melody.from_notes(*random_melody(rng, n)) for n in (9, 13, 40)]
+    w = Windows.concat([window_melody(m, config=WindowConfig(length=16, hop=1, min_notes=8)) for m in mels]
+                       + [short_windows(mels[2], length=16, n_notes=10)])
+    perm = rng.permutation(len(w.pitch))  # widths interleaved
+    pitch, rhythm = w.pitch[perm], w.rhythm[perm]
+    assert len({int((row != PITCH_PAD).sum()) for row in pitch}) >= 4
+    got = shipped_encoder.embed_tokens(pitch, rhythm, batch_size=7)
+    with torch.inference_mode():
+        mu = shipped_encoder.model.encode_fingerprint(torch.from_numpy(pitch), torch.from_numpy(rhythm))
+        want = torch.nn.functional.normalize(mu, dim=-1).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    assert shipped_encoder.embed_tokens(pitch[:0], rhythm[:0]).shape == (0, shipped_encoder.dim)
+
+
 def test_save_load_round_trip(tiny_weights, tmp_path, rng):
     a = Encoder.load(tiny_weights)
     for f in (tiny_weights, tiny_weights.with_suffix(".manifest.json")):
