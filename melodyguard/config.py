@@ -12,8 +12,10 @@ __all__ = [
     "DEFAULT_TEMPO_BPM",
     "DEFAULT_CACHE_DIR",
     "DEFAULT_CATALOGUE_DIR",
+    "DEFAULT_WORK_CACHE",
     "cache_dir",
     "catalogue_dir",
+    "work_cache_size",
 ]
 
 #: Largest input file read, in bytes (20 MiB). A MIDI file this large is almost surely not a song.
@@ -25,6 +27,10 @@ DEFAULT_MIN_NOTES: int = 8
 #: Tempo assumed where a melody has no tempo of its own (beats per minute, quarter = beat).
 DEFAULT_TEMPO_BPM: float = 120.0
 
+#: Catalogue works an open catalogue keeps parsed and prepared for verification (most recently
+#: used first); ``MELODYGUARD_WORK_CACHE`` overrides it. About 18 kB per work of 50 notes, so a
+#: server holding a 10k-work catalogue hot uses about 180 MB for it.
+DEFAULT_WORK_CACHE: int = 16384
 #: Where derived data (the corpus cache) lives; ``MELODYGUARD_CACHE`` overrides it.
 DEFAULT_CACHE_DIR: Path = Path.home() / ".cache" / "melodyguard"
 #: Where the catalogue lives; ``MELODYGUARD_CATALOGUE`` overrides it.
@@ -39,3 +45,19 @@ def cache_dir() -> Path:
 def catalogue_dir() -> Path:
     """The catalogue directory in force (``$MELODYGUARD_CATALOGUE`` or the default)."""
     return Path(os.environ.get("MELODYGUARD_CATALOGUE", DEFAULT_CATALOGUE_DIR))
+
+
+def work_cache_size() -> int:
+    """Works kept parsed per open catalogue (``$MELODYGUARD_WORK_CACHE`` or the default)."""
+    raw = os.environ.get("MELODYGUARD_WORK_CACHE")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_WORK_CACHE
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"MELODYGUARD_WORK_CACHE must be a whole number of works (0 or more); got {raw!r}")
+    return n

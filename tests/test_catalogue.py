@@ -571,6 +571,33 @@ def test_catalogue_keeps_derived_values_until_the_work_is_removed(tmp_path, ship
     cat.close()
 
 
+def test_work_cache_size_is_a_setting(tmp_path, shipped_encoder, rng, monkeypatch):
+    from melodyguard.config import DEFAULT_WORK_CACHE, work_cache_size
+    from melodyguard.errors import ConfigError
+
+    monkeypatch.delenv("MELODYGUARD_WORK_CACHE", raising=False)
+    assert work_cache_size() == DEFAULT_WORK_CACHE
+    for bad in ("many", "-3", "1.5"):
+        monkeypatch.setenv("MELODYGUARD_WORK_CACHE", bad)
+        with pytest.raises(ConfigError, match="MELODYGUARD_WORK_CACHE"):
+            work_cache_size()
+    monkeypatch.setenv("MELODYGUARD_WORK_CACHE", "1")
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    assert cat.cache_works == 1
+    works = cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(make_catalogue_melodies(rng, 2))])
+    calls: list[int] = []
+
+    def make(m):
+        calls.append(len(m))
+        return len(m)
+
+    a, b = works[0].id, works[1].id
+    cat.derived(a, "n", make), cat.derived(b, "n", make), cat.derived(a, "n", make)
+    assert len(calls) == 3  # one work kept: a was evicted by b
+    assert Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0).cache_works == 0
+    cat.close()
+
+
 def test_best_scores_equal_the_first_alignment_at_each_shift(rng):
     """The one-pass scorer that picks the shift must agree with the aligner it stands in for."""
     from melodyguard.align import Scoring, align_notes, best_scores, note_iois, note_weights

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .._sqlite import connect
-from ..config import catalogue_dir
+from ..config import catalogue_dir, work_cache_size
 from ..errors import (
     DuplicateWorkError,
     EmptyCatalogueError,
@@ -55,8 +55,6 @@ CATALOGUE_FORMAT_VERSION = 2
 VIEW_NOTES, VIEW_COLLAPSED = 0, 1
 #: Catalogue windows start every DEFAULT_HOP notes (queries use every note).
 DEFAULT_HOP = 2
-#: parsed melodies kept per open catalogue (verification reads the candidates' melodies)
-MELODY_CACHE = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -180,10 +178,13 @@ class Catalogue:
     index_kind : str, optional
         ``auto``, ``flat``, ``ivf`` or ``hnsw``. Kept in the catalogue: a later open without it
         uses the stored setting (``auto`` for a new catalogue).
+    cache_works : int, optional
+        Works kept parsed and prepared for verification, most recently used first (default
+        ``$MELODYGUARD_WORK_CACHE`` or 16,384; about 18 kB per work). 0 keeps none.
     """
 
     def __init__(self, path: str | Path | None = None, *, encoder: Any = None, index_kind: str | None = None,
-                 hop: int = DEFAULT_HOP, persist_index: bool = True) -> None:
+                 hop: int = DEFAULT_HOP, persist_index: bool = True, cache_works: int | None = None) -> None:
         from ..model.encoder import load_encoder
 
         self.path = Path(path) if path else catalogue_dir()
@@ -204,6 +205,7 @@ class Catalogue:
         self._table: WindowTable | None = None
         self._total_notes = 0
         self._cache_lock = threading.Lock()
+        self.cache_works = work_cache_size() if cache_works is None else max(int(cache_works), 0)
         self._melodies: OrderedDict[int, Melody] = OrderedDict()
         self._derived: OrderedDict[tuple[int, Any], Any] = OrderedDict()
         self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
@@ -366,7 +368,7 @@ class Catalogue:
         m = _melody_from_json(r[0], {"work_id": wid})
         with self._cache_lock:
             self._melodies[wid] = m
-            while len(self._melodies) > MELODY_CACHE:
+            while len(self._melodies) > self.cache_works:
                 self._melodies.popitem(last=False)
         return m
 
@@ -383,7 +385,7 @@ class Catalogue:
         value = make(self.melody(work_id))
         with self._cache_lock:
             self._derived[k] = value
-            while len(self._derived) > MELODY_CACHE:
+            while len(self._derived) > self.cache_works:
                 self._derived.popitem(last=False)
         return value
 
