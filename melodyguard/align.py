@@ -430,8 +430,8 @@ def align_sides(q: Side, r: Side, *, transposition: int, tempo_ratio: float, max
 @dataclass(frozen=True, eq=False)
 class Side:
     """One melody's inputs to :func:`best_scores_sides`, :func:`estimate_shift_sides` and
-    :func:`align_sides`, computed once: a query is scored against many references, and a reference by many queries (the
-    catalogue keeps its works' sides with their parsed melodies)."""
+    :func:`align_sides`, computed once: a query is scored against many references, and a
+    reference by many queries (the catalogue keeps its works' sides with their parsed melodies)."""
 
     pitch: np.ndarray  #: int64
     log_ioi: np.ndarray  #: log2 inter-onset intervals (beats)

@@ -280,7 +280,7 @@ def check_melody(
         # double it, so the snapped ratio and x1 are tried as well.
         ratios = sorted({round(ratio, 4), float(2.0 ** np.round(np.log2(max(ratio, 1e-6)))), 1.0})
         for v, (qm, qmap, q_ioi) in enumerate(q_side):
-            rm, rmap, r_ioi, _, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
+            rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
             pairs = [(tr, rt) for tr in transpositions for rt in ratios]
             if config.shift_hashing:
                 pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1) if x not in pairs]
@@ -357,21 +357,21 @@ def check_melody(
 
 
 def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: Any,
-                    scoring: Scoring) -> tuple[Melody, np.ndarray, np.ndarray, np.ndarray, Side]:
+                    scoring: Scoring) -> tuple[Melody, np.ndarray, np.ndarray, Side]:
     """A candidate's notes in one view (the notes, or their repeat-collapsed form), with the map
-    to its notes, IOIs, note weights and prepared alignment inputs; kept by the catalogue
+    to its notes, IOIs and prepared alignment inputs (note weights included); kept by the catalogue
     (:meth:`Catalogue.derived`) so that a work verified again is not prepared again."""
 
-    def make(m: Melody) -> tuple[Melody, np.ndarray, np.ndarray, np.ndarray, Side]:
+    def make(m: Melody) -> tuple[Melody, np.ndarray, np.ndarray, Side]:
         rm, rmap = (m, np.arange(len(m))) if view == 0 else collapse_repeats(m)
         r_ioi = note_iois(rm.onsets_beats, rm.durations_beats)
         wr = note_weights(rm.pitches, r_ioi, background)
-        return rm, rmap, r_ioi, wr, prepare_side(rm.pitches, r_ioi, weight=wr, scoring=scoring)
+        return rm, rmap, r_ioi, prepare_side(rm.pitches, r_ioi, weight=wr, scoring=scoring)
 
     if not hasattr(catalogue, "derived"):
         return make(ref)
     side = catalogue.derived(w, ("verify", view, id(background)), make)
-    return side if side[4].scoring == scoring else make(ref)  # another calibration's: not reused
+    return side if side[3].scoring == scoring else make(ref)  # another calibration's: not reused
 
 
 def _match_entry(melody: Melody, catalogue: Any, e: float, w: int, ref: Melody, best_al: list[Any], view_main: Any,

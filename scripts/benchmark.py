@@ -31,7 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from melodyguard.align import align_intervals, is_near_duplicate, note_iois  # noqa: E402
 from melodyguard.augment import augment  # noqa: E402
-from melodyguard.corpus import HELDOUT_COLLECTIONS, STYLE_COLLECTIONS, load_corpus  # noqa: E402
+from melodyguard.corpus import (  # noqa: E402
+    DEFAULT_COLLECTIONS,
+    HELDOUT_COLLECTIONS,
+    STYLE_COLLECTIONS,
+    load_corpus,
+)
 from melodyguard.fingerprint import Melody  # noqa: E402
 from melodyguard.fingerprint.windows import PITCH_PAD, encode_notes  # noqa: E402
 from melodyguard.model.encoder import Encoder, load_encoder  # noqa: E402
@@ -822,7 +827,9 @@ def scale_section(enc: Encoder, pool, *, sizes: list[int], seed: int, n_queries:
     negatives, _ = drop_near_duplicates(hosts, cat_tunes)
     queries = [q for q in make_queries(cat_tunes, negatives, n=n_queries // 2, rng=rng)
                if (q["kind"], q["level"]) in {("whole", "medium"), ("partial", "light")}]
-    sources = [t.melody for t in load_corpus(splits=None)]
+    # Filler comes from the default collections only, so the figures do not depend on whether
+    # another style (``build_corpus.py --collections palestrina``) was exported on this machine.
+    sources = [t.melody for t in load_corpus(splits=None, collections=DEFAULT_COLLECTIONS)]
     frng = np.random.default_rng(seed + 1)
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-scale-"))
     res: dict[str, Any] = {"real_works": len(cat_tunes), "rows": []}

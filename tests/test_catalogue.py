@@ -595,6 +595,9 @@ def test_work_cache_size_is_a_setting(tmp_path, shipped_encoder, rng, monkeypatc
     cat.derived(a, "n", make), cat.derived(b, "n", make), cat.derived(a, "n", make)
     assert len(calls) == 3  # one work kept: a was evicted by b
     assert Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0).cache_works == 0
+    with pytest.raises(ConfigError, match="cache_works"):
+        Catalogue(tmp_path / "never", encoder=shipped_encoder, cache_works=-1)
+    assert not (tmp_path / "never").exists()  # refused before touching the disk
     cat.close()
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from .._sqlite import connect
 from ..config import catalogue_dir, work_cache_size
 from ..errors import (
+    ConfigError,
     DuplicateWorkError,
     EmptyCatalogueError,
     IndexVersionError,
@@ -187,6 +188,8 @@ class Catalogue:
                  hop: int = DEFAULT_HOP, persist_index: bool = True, cache_works: int | None = None) -> None:
         from ..model.encoder import load_encoder
 
+        if cache_works is not None and cache_works < 0:
+            raise ConfigError(f"cache_works must be 0 or more; got {cache_works}")
         self.path = Path(path) if path else catalogue_dir()
         self.path.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder or load_encoder()
@@ -205,7 +208,7 @@ class Catalogue:
         self._table: WindowTable | None = None
         self._total_notes = 0
         self._cache_lock = threading.Lock()
-        self.cache_works = work_cache_size() if cache_works is None else max(int(cache_works), 0)
+        self.cache_works = work_cache_size() if cache_works is None else int(cache_works)
         self._melodies: OrderedDict[int, Melody] = OrderedDict()
         self._derived: OrderedDict[tuple[int, Any], Any] = OrderedDict()
         self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
