@@ -592,9 +592,15 @@ def test_work_cache_size_is_a_setting(tmp_path, shipped_encoder, rng, monkeypatc
         return len(m)
 
     a, b = works[0].id, works[1].id
-    cat.derived(a, "n", make), cat.derived(b, "n", make), cat.derived(a, "n", make)
+    for w in (a, b, a):
+        cat.derived(w, "n", make)
     assert len(calls) == 3  # one work kept: a was evicted by b
-    assert Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0).cache_works == 0
+    none_kept = Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0)
+    assert none_kept.cache_works == 0
+    none_kept.derived(a, "n", make)
+    none_kept.derived(a, "n", make)
+    assert len(calls) == 5  # nothing kept
+    none_kept.close()
     with pytest.raises(ConfigError, match="cache_works"):
         Catalogue(tmp_path / "never", encoder=shipped_encoder, cache_works=-1)
     assert not (tmp_path / "never").exists()  # refused before touching the disk
