@@ -590,6 +590,8 @@ def _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top):  # pragma: no cover
     for i in range(kq.size):
         n += hi[i] - lo[i]
     codes = np.empty(n, np.int64)
+    if n == 0:
+        return codes
     m = 0
     for i in range(kq.size):
         for a in range(lo[i], hi[i]):
@@ -598,9 +600,6 @@ def _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top):  # pragma: no cover
             codes[m] = (rp[j] - qp[i] + 128) * 1000 + (lr + 500)
             m += 1
     codes.sort()
-    best = np.empty(0, np.int64)
-    if n == 0:
-        return best
     # runs of equal codes, in ascending order; the stable order of -count keeps ties ascending
     u = np.empty(n, np.int64)
     c = np.empty(n, np.int64)

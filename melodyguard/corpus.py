@@ -198,7 +198,7 @@ def _part_data(part: Any) -> dict[str, Any]:
                 break
         except Exception:
             pass
-    data = {
+    return {
         "bars": bars if bars and None not in bars else None,
         "bar_starts": bar_starts if bar_starts and None not in bar_starts else None,
         "pitches": pitches,
@@ -208,7 +208,6 @@ def _part_data(part: Any) -> dict[str, Any]:
         "pickup": pickup,
         "tempo": tempo,
     }
-    return data
 
 
 def _extract(unit: tuple[str, str, str, str]) -> list[Row]:

@@ -357,7 +357,7 @@ class Catalogue:
         return int(self._con().execute("SELECT COUNT(*) FROM works WHERE owner=?", (owner,)).fetchone()[0])
 
     def melody(self, work_id: int) -> Melody:
-        """A work's melody (immutable; the most recent few thousand are kept parsed, and
+        """A work's melody (immutable; the :attr:`cache_works` most recent are kept parsed, and
         forgotten whenever the catalogue's generation moves, see :meth:`index`)."""
         wid = int(work_id)
         with self._cache_lock:
@@ -377,8 +377,8 @@ class Catalogue:
 
     def derived(self, work_id: int, key: Any, make: Callable[[Melody], Any]) -> Any:
         """``make(melody)`` of a work's melody, computed once and kept like the parsed melodies
-        (the most recent few thousand; forgotten when the work is removed or the catalogue's
-        generation moves). ``key`` names what ``make`` computes: detection keeps each
+        (the :attr:`cache_works` most recently used; forgotten when the work is removed or the
+        catalogue's generation moves). ``key`` names what ``make`` computes: detection keeps each
         reference's alignment inputs here."""
         k = (int(work_id), key)
         with self._cache_lock:
