@@ -51,8 +51,7 @@ from .align import (
     best_scores_sides,
     estimate_shift_sides,
     note_iois,
-    note_weights,
-    prepare_side,
+    prepare_notes,
 )
 from .config import DEFAULT_MIN_NOTES
 from .errors import InvalidInputError, MelodyTooShortError
@@ -262,10 +261,12 @@ def check_melody(
     q_side = []  # per view: (melody, map to original notes, iois in beats)
     q_prep = []  # per view: its alignment inputs, prepared once for every candidate
     for vm, vmap in views:
-        vi = note_iois(vm.onsets_beats, vm.durations_beats)
-        wq_v = note_weights(vm.pitches, vi, background)
+        vi, side_v = prepare_notes(vm.pitches, vm.onsets_beats, vm.durations_beats, background=background,
+                                   scoring=cal.scoring)
         q_side.append((vm, vmap, vi))
-        q_prep.append(prepare_side(vm.pitches, vi, weight=wq_v, scoring=cal.scoring))
+        q_prep.append(side_v)
+    if hasattr(catalogue, "prefetch"):
+        catalogue.prefetch(ranked)
     shifted: list[tuple[Any, ...]] = []  # (E at the best shift, candidate rank, work, ...)
     for rank, w in enumerate(ranked):
         hw = hits[w]
@@ -364,9 +365,9 @@ def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: 
 
     def make(m: Melody) -> tuple[Melody, np.ndarray, np.ndarray, Side]:
         rm, rmap = (m, np.arange(len(m))) if view == 0 else collapse_repeats(m)
-        r_ioi = note_iois(rm.onsets_beats, rm.durations_beats)
-        wr = note_weights(rm.pitches, r_ioi, background)
-        return rm, rmap, r_ioi, prepare_side(rm.pitches, r_ioi, weight=wr, scoring=scoring)
+        r_ioi, side = prepare_notes(rm.pitches, rm.onsets_beats, rm.durations_beats, background=background,
+                                    scoring=scoring)
+        return rm, rmap, r_ioi, side
 
     if not hasattr(catalogue, "derived"):
         return make(ref)

@@ -549,6 +549,58 @@ def test_shift_vote_kernel_counts_like_numpy(rng):
             np.testing.assert_array_equal(got, reference(qp, kq, ql, rp, kr[order], order, rl, top))
 
 
+def test_prepare_notes_equals_the_stepwise_preparation(rng):
+    """The compiled preparation of a melody's alignment inputs against the numpy steps it
+    replaces: equal to the last bit, weighted or not, ornaments on or off, short melodies too."""
+    from melodyguard.align import Scoring, note_iois, note_weights, prepare_notes, prepare_side
+    from melodyguard.detect import load_calibration
+
+    background = load_calibration().info["background"]
+    fields = ("pitch", "log_ioi", "weight", "orn_ml", "orn_ok", "keys", "keys_sorted", "keys_order")
+    for _ in range(60):
+        n = int(rng.integers(1, 40))
+        pitch = np.cumsum(rng.integers(-14, 15, n)) + 60  # leaps beyond the tables' clipping too
+        dur = rng.choice([0.125, 0.25, 1 / 3, 0.5, 0.75, 1.0, 3.0, 1e-6], n)
+        onsets = np.r_[0.0, np.cumsum(dur[:-1])]
+        for scoring in (Scoring(), Scoring(weighted=False), Scoring(ornament_interval=-1)):
+            for bg in (background, None):
+                ioi = note_iois(onsets, dur)
+                want = prepare_side(pitch, ioi, weight=note_weights(pitch, ioi, bg), scoring=scoring)
+                got_ioi, got = prepare_notes(pitch, onsets, dur, background=bg, scoring=scoring)
+                np.testing.assert_array_equal(got_ioi, ioi)
+                for f in fields:
+                    a, b = getattr(got, f), getattr(want, f)
+                    assert a.dtype == b.dtype, f
+                    np.testing.assert_array_equal(a, b, err_msg=f)
+                assert got.scoring == scoring
+
+
+def test_prefetch_parses_candidates_in_one_query(tmp_path, shipped_encoder, rng):
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    works = cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(make_catalogue_melodies(rng, 4))])
+    ids = [w.id for w in works]
+    fresh = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    statements: list[str] = []
+    fresh._con().set_trace_callback(statements.append)
+    fresh.prefetch(ids + [10**6])  # an unknown id is skipped
+    selects = [s for s in statements if "FROM melodies" in s]
+    assert len(selects) == 1
+    for w in ids:
+        a, b = fresh.melody(w), cat.melody(w)
+        np.testing.assert_array_equal(a.pitches, b.pitches)
+        np.testing.assert_array_equal(a.onsets_seconds, b.onsets_seconds)
+        assert a.info == b.info == {"work_id": w}
+    assert len([s for s in statements if "FROM melodies" in s]) == 1  # served from the cache
+    fresh.close()
+    none_kept = Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0)
+    statements.clear()
+    none_kept._con().set_trace_callback(statements.append)
+    none_kept.prefetch(ids)
+    assert not statements  # nothing would be kept, so nothing is read
+    none_kept.close()
+    cat.close()
+
+
 def test_catalogue_keeps_derived_values_until_the_work_is_removed(tmp_path, shipped_encoder, rng):
     cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
     works = cat.add_melodies([{"melody": m, "sha256": f"s{i}"} for i, m in enumerate(make_catalogue_melodies(rng, 3))])
