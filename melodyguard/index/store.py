@@ -378,9 +378,11 @@ class Catalogue:
     def prefetch(self, work_ids: Sequence[int]) -> None:
         """Parse the melodies of those works not kept yet, with one query instead of one each
         (detection calls this for its candidates before verifying them)."""
-        with self._cache_lock:
-            todo = sorted({int(w) for w in work_ids} - self._melodies.keys())
-        if not todo or self.cache_works == 0:
+        if self.cache_works == 0:
+            return
+        with self._cache_lock:  # (a set minus the cache's keys would copy every key)
+            todo = sorted({w for w in map(int, work_ids) if w not in self._melodies})
+        if not todo:
             return
         for b in range(0, len(todo), 500):
             chunk = todo[b:b + 500]
