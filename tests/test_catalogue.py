@@ -592,12 +592,13 @@ def test_prefetch_parses_candidates_in_one_query(tmp_path, shipped_encoder, rng)
         assert a.info == b.info == {"work_id": w}
     assert len([s for s in statements if "FROM melodies" in s]) == 1  # served from the cache
     fresh.close()
-    none_kept = Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0)
-    statements.clear()
-    none_kept._con().set_trace_callback(statements.append)
-    none_kept.prefetch(ids)
-    assert not statements  # nothing would be kept, so nothing is read
-    none_kept.close()
+    for size in (0, 3):  # nothing kept, or too little room for the four: nothing read ahead
+        small = Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=size)
+        statements.clear()
+        small._con().set_trace_callback(statements.append)
+        small.prefetch(ids)
+        assert not statements
+        small.close()
     cat.close()
 
 

@@ -377,12 +377,11 @@ class Catalogue:
 
     def prefetch(self, work_ids: Sequence[int]) -> None:
         """Parse the melodies of those works not kept yet, with one query instead of one each
-        (detection calls this for its candidates before verifying them)."""
-        if self.cache_works == 0:
-            return
+        (detection calls this for its candidates before verifying them). Does nothing when they
+        would not all fit in the cache: each would then be read again when used."""
         with self._cache_lock:  # (a set minus the cache's keys would copy every key)
             todo = sorted({w for w in map(int, work_ids) if w not in self._melodies})
-        if not todo:
+        if not todo or len(todo) > self.cache_works:
             return
         for b in range(0, len(todo), 500):
             chunk = todo[b:b + 500]
