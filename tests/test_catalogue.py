@@ -801,6 +801,24 @@ def test_figure_index_finds_a_short_lifted_phrase(rng):
     assert FigureIndex().candidates(q) == []
 
 
+def test_figure_vote_ranks_works_like_a_plain_sort(rng):
+    """The figure vote's ranking against a plain sort: each work counts with its best code, most
+    votes first, equal votes to the lower work id, excluded works skipped (many ties here)."""
+    from melodyguard.index.figures import _best_works
+
+    for _ in range(200):
+        n = int(rng.integers(0, 60))
+        works = np.sort(rng.integers(1, 15, n))
+        tot = rng.choice([0.5, 1.0, 1.5, 2.0, 3.25], n)
+        exclude = rng.integers(1, 15, int(rng.integers(0, 5))).tolist()
+        best: dict[int, float] = {}
+        for w, t in zip(works.tolist(), tot.tolist()):
+            best[w] = max(best.get(w, -np.inf), t)
+        plain = [w for w, _ in sorted(best.items(), key=lambda x: (-x[1], x[0])) if w not in exclude]
+        for top in (0, 1, 3, 5, 20):
+            assert _best_works(works, tot, top=top, exclude=exclude) == plain[:top]
+
+
 def test_figure_index_is_saved_and_reloaded_without_parsing(shipped_encoder, tmp_path, rng, monkeypatch):
     import melodyguard.index.store as store
     from melodyguard.index.figures import FigureIndex

@@ -189,18 +189,22 @@ class FigureIndex:
         code = self._work[idx] * _CODE_WORK + (tr + 128) * 10_000_000 + (lr + 500) * 10_000 + (dg + 5_000)
         weight = np.log(n_works / df[qi])
         u, inv = np.unique(code, return_inverse=True)
-        tot = np.bincount(inv, weights=weight)
-        works = u // _CODE_WORK
-        order = np.lexsort((-tot, works))  # per work, its best (key, pace, diagonal) first
-        works, tot = works[order], tot[order]
-        first = np.ones(len(works), bool)
-        first[1:] = works[1:] != works[:-1]
-        works, tot = works[first], tot[first]
-        skip = {int(x) for x in exclude}
-        out = []
-        for w in works[np.argsort(-tot, kind="stable")].tolist():
-            if w not in skip:
-                out.append(int(w))
-                if len(out) == top:
-                    break
-        return out
+        return _best_works(u // _CODE_WORK, np.bincount(inv, weights=weight), top=top, exclude=exclude)
+
+
+def _best_works(works: np.ndarray, tot: np.ndarray, *, top: int, exclude: Iterable[int]) -> list[int]:
+    """The ``top`` works outside ``exclude`` by their best vote: ``works`` ascending (one entry
+    per voted code, a work's codes together), ``tot`` each code's votes. Most votes first; equal
+    votes keep the lower work id first. Only the works that can make the top are sorted."""
+    if top < 1 or not works.size:
+        return []
+    starts = np.flatnonzero(np.r_[True, works[1:] != works[:-1]])
+    works, tot = works[starts], np.maximum.reduceat(tot, starts)
+    skip = np.fromiter((int(x) for x in exclude), np.int64)
+    if skip.size:
+        keep = ~np.isin(works, skip)
+        works, tot = works[keep], tot[keep]
+    if works.size > top:
+        kth = np.partition(tot, works.size - top)[works.size - top]
+        works, tot = works[tot >= kth], tot[tot >= kth]  # ties at the cut included
+    return [int(w) for w in works[np.argsort(-tot, kind="stable")][:top].tolist()]
