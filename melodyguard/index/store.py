@@ -383,16 +383,22 @@ class Catalogue:
             todo = sorted({w for w in map(int, work_ids) if w not in self._melodies})
         if not todo or len(todo) > self.cache_works:
             return
-        for b in range(0, len(todo), 500):
-            chunk = todo[b:b + 500]
-            rows = self._con().execute(
+        parsed = list(self._read_melodies(todo))
+        with self._cache_lock:
+            for w, m in parsed:
+                self._melodies[w] = m
+            while len(self._melodies) > self.cache_works:
+                self._melodies.popitem(last=False)
+
+    def _read_melodies(self, work_ids: Sequence[int]) -> Iterator[tuple[int, Melody]]:
+        """The melodies of those works (unknown ids skipped), parsed from SQLite 500 at a time."""
+        con = self._con()
+        for b in range(0, len(work_ids), 500):
+            chunk = list(work_ids[b:b + 500])
+            rows = con.execute(
                 f"SELECT work_id, data FROM melodies WHERE work_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-            parsed = [(int(w), _melody_from_json(d, {"work_id": int(w)})) for w, d in rows]
-            with self._cache_lock:
-                for w, m in parsed:
-                    self._melodies[w] = m
-                while len(self._melodies) > self.cache_works:
-                    self._melodies.popitem(last=False)
+            for w, d in rows:
+                yield int(w), _melody_from_json(d, {"work_id": int(w)})
 
     def derived(self, work_id: int, key: Any, make: Callable[[Melody], Any]) -> Any:
         """``make(melody)`` of a work's melody, computed once and kept like the parsed melodies
@@ -659,12 +665,7 @@ class Catalogue:
             have = self._figures.work_ids()
             gone, new = have - ids, sorted(ids - have)
             self._figures.remove(gone)
-            for b in range(0, len(new), 500):
-                chunk = new[b:b + 500]
-                rows = con.execute(
-                    f"SELECT work_id, data FROM melodies WHERE work_id IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall()
-                self._figures.add((int(w), _melody_from_json(d, {})) for w, d in rows)
+            self._figures.add(self._read_melodies(new))
             self._figures_gen = gen
             if self.persist_index and (gone or new or not loaded):
                 self._locked_save(folder, lambda: self._figures.save(folder))
