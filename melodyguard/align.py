@@ -603,7 +603,7 @@ def shift_keys(pitch: np.ndarray, ioi: np.ndarray, *, n: int = 3) -> tuple[np.nd
 
 
 def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, r_ioi: np.ndarray, *,
-                   n: int = 3, top: int = 2) -> list[tuple[int, float]]:
+                   n: int = 3, top: int = 2, diagonal: int = 0) -> list[tuple[int, float]]:
     """The most supported ``(transposition, tempo_ratio)`` pairs that map query onto reference.
 
     Every run of ``n`` notes is keyed by its intervals and inter-onset ratios (both invariant to
@@ -613,6 +613,13 @@ def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, 
     window hits around it are too few to say. ``transposition`` is added to the query,
     ``tempo_ratio`` is reference IOI / query IOI, as :func:`align_notes` takes them.
     :func:`estimate_shift_sides` does the same for prepared sides (3-note figures).
+
+    With ``diagonal`` > 0 the votes must also agree on where the passage lies: each pair of
+    runs votes for its code in the band of note offsets ``(j - i) // diagonal`` and in both
+    neighbouring bands, and a code counts the votes of its best band -- the diagonal of
+    audio fingerprinting. A copied passage puts its figures on one diagonal (ornaments and
+    dropped notes move it by a note or two); figures a long query shares with the reference by
+    chance scatter over many, and without the band they can outvote a short lifted phrase.
     """
     qp, rp = np.asarray(q_pitch, np.int64), np.asarray(r_pitch, np.int64)
     if len(qp) < n + 1 or len(rp) < n + 1:
@@ -620,18 +627,22 @@ def estimate_shift(q_pitch: np.ndarray, q_ioi: np.ndarray, r_pitch: np.ndarray, 
     kq, ql = shift_keys(qp, q_ioi, n=n)
     kr, rl = shift_keys(rp, r_ioi, n=n)
     order = np.argsort(kr, kind="stable")
-    return _vote_shifts(qp, kq, ql, rp, kr[order], order, rl, top=top)
+    return _vote_shifts(qp, kq, ql, rp, kr[order], order, rl, top=top, diagonal=diagonal)
 
 
-def estimate_shift_sides(q: Side, r: Side, *, top: int = 2) -> list[tuple[int, float]]:
+def estimate_shift_sides(q: Side, r: Side, *, top: int = 2, diagonal: int = 0) -> list[tuple[int, float]]:
     """:func:`estimate_shift` (3-note figures) of two prepared sides: the same pairs (none when
     either is too short to have a figure)."""
-    return _vote_shifts(q.pitch, q.keys, q.log_ioi, r.pitch, r.keys_sorted, r.keys_order, r.log_ioi, top=top)
+    return _vote_shifts(q.pitch, q.keys, q.log_ioi, r.pitch, r.keys_sorted, r.keys_order, r.log_ioi, top=top,
+                        diagonal=diagonal)
 
 
 def _vote_shifts(qp: np.ndarray, kq: np.ndarray, ql: np.ndarray, rp: np.ndarray, kr_sorted: np.ndarray,
-                 order: np.ndarray, rl: np.ndarray, *, top: int) -> list[tuple[int, float]]:
-    best = _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top)
+                 order: np.ndarray, rl: np.ndarray, *, top: int, diagonal: int = 0) -> list[tuple[int, float]]:
+    if diagonal > 0:
+        best = _vote_diagonal_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top, diagonal)
+    else:
+        best = _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top)
     return [(int(b // 1000 - 128), float(2.0 ** ((b % 1000 - 500) / 12.0))) for b in best.tolist()]
 
 
@@ -666,5 +677,51 @@ def _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top):  # pragma: no cover
             k += 1
         else:
             c[k - 1] += 1
+    o = np.argsort(-c[:k], kind="mergesort")
+    return u[:k][o[:top]]
+
+
+@njit(cache=True)
+def _vote_diagonal_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top, band):  # pragma: no cover - numba
+    """:func:`_vote_kernel` with the votes kept apart by diagonal: each pair of equal figure keys
+    (query run ``i``, reference run ``j``) votes for its (transposition, tempo) code in the band
+    ``(j - i) // band`` and in both neighbours; a code's count is that of its best band. The
+    ``top`` codes with the highest counts, ties to the smaller code."""
+    lo = np.searchsorted(kr_sorted, kq, "left")
+    hi = np.searchsorted(kr_sorted, kq, "right")
+    n = 0
+    for i in range(kq.size):
+        n += hi[i] - lo[i]
+    if n == 0:
+        return np.empty(0, np.int64)
+    codes = np.empty(3 * n, np.int64)
+    m = 0
+    for i in range(kq.size):
+        for a in range(lo[i], hi[i]):
+            j = order[a]
+            lr = np.int64(np.rint(12.0 * (rl[j] - ql[i])))
+            code = (rp[j] - qp[i] + 128) * 1000 + (lr + 500)
+            d = np.int64(np.floor((j - i) / band)) + (1 << 30)
+            for db in range(-1, 2):
+                codes[m] = (code << 32) + d + db
+                m += 1
+    codes.sort()
+    # per (code, band) run: its count; per code (runs of a code are adjacent): the best band's
+    u = np.empty(3 * n, np.int64)
+    c = np.empty(3 * n, np.int64)
+    k = 0
+    run = 0
+    for i in range(3 * n):
+        run += 1
+        if i == 3 * n - 1 or codes[i + 1] != codes[i]:
+            code = codes[i] >> 32
+            if k > 0 and u[k - 1] == code:
+                if run > c[k - 1]:
+                    c[k - 1] = run
+            else:
+                u[k] = code
+                c[k] = run
+                k += 1
+            run = 0
     o = np.argsort(-c[:k], kind="mergesort")
     return u[:k][o[:top]]

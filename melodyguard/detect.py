@@ -8,12 +8,16 @@ Conventions
    note - query start note, binned by ``offset_bin`` notes (and the neighbouring bins, so that
    ornaments and dropped notes, which shift the offset, still agree) -- the diagonal voting of
    audio fingerprinting. A query window that hits many works at once is stock material and
-   its vote is divided by the square root of that number. The best-voted works are candidates.
+   its vote is divided by the square root of that number. The best-voted works are candidates,
+   and so are the ``figure_candidates`` works whose shared 3-note figures best agree on one
+   key, pace and diagonal (:mod:`melodyguard.index.figures`): a short lifted phrase leaves
+   too few window hits to win the vote.
 3. **Verification.** Each candidate's melody is aligned note by note with the query
    (:func:`melodyguard.align.align_notes`), at the transpositions and tempo ratio the hits
    agree on, and at the one that the 3-note figures shared by query and candidate vote for
-   (:func:`melodyguard.align.estimate_shift`; a lifted phrase re-paced to its new song gives
-   too few window hits to say). An ornament that takes part of its principal note's time is
+   on their best diagonal (:func:`melodyguard.align.estimate_shift` with ``diagonal`` =
+   ``shift_diagonal``; a lifted phrase re-paced to its new song gives too few window hits to
+   say, and figures a long query shares with the candidate by chance scatter over diagonals). An ornament that takes part of its principal note's time is
    matched as that note (see :mod:`melodyguard.align`). Only candidates that can still be
    among the reported matches are aligned with traceback: the score at the best shift bounds
    the final E-value from below. The alignment gives the matched passage(s). Audio queries are
@@ -72,8 +76,8 @@ class DetectConfig:
     min_sim: float = 0.55
     #: works verified per query, best voted first (one-pass scoring makes each cheap: ~0.3 ms)
     max_candidates: int = 40
-    #: works verified besides those, found by shared rare 3-note figures (0: off)
-    figure_candidates: int = 5
+    #: works verified besides those, found by shared 3-note figures (0: off)
+    figure_candidates: int = 10
     offset_bin: int = 6
     review_evalue: float = 1e-4
     block_evalue: float = 1e-8
@@ -85,6 +89,12 @@ class DetectConfig:
     short_window: int = 10
     #: Also align at the (transposition, tempo) that the candidate's shared 3-note figures vote for.
     shift_hashing: bool = True
+    #: Figures vote in bands of this many notes of offset (the diagonal; 0: one band for all).
+    shift_diagonal: int = 6
+    #: figures found in more than this share of the works, or in more than ``figure_max_works``
+    #: works, do not vote for candidates (the second bounds a query's cost in large catalogues)
+    figure_max_df: float = 0.2
+    figure_max_works: int = 5000
 
     def __post_init__(self) -> None:
         if not 0 < self.block_evalue <= self.review_evalue:
@@ -250,7 +260,8 @@ def check_melody(
         # Short lifted phrases leave too few window hits to win the vote; their 3-note figures
         # still agree on one key, pace and offset (melodyguard.index.figures).
         skip = set(ranked) | ({exclude_work} if exclude_work is not None else set())
-        extra = catalogue.figures().candidates(melody, top=config.figure_candidates, exclude=skip)
+        extra = catalogue.figures().candidates(melody, top=config.figure_candidates, exclude=skip,
+                                                max_df=config.figure_max_df, max_works=config.figure_max_works)
         ranked += extra
         for w in extra:  # whatever window hits they have (maybe none: then shared figures decide)
             sel = w_all == w
@@ -284,7 +295,8 @@ def check_melody(
             rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
             pairs = [(tr, rt) for tr in transpositions for rt in ratios]
             if config.shift_hashing:
-                pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1) if x not in pairs]
+                pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1, diagonal=config.shift_diagonal)
+                          if x not in pairs]
             # Score every shift in one pass; align (with traceback and further segments) only
             # at the best one -- the same choice as aligning at each, several times cheaper.
             sc = best_scores_sides(q_prep[v], r_prep, shifts=pairs)

@@ -549,6 +549,63 @@ def test_shift_vote_kernel_counts_like_numpy(rng):
             np.testing.assert_array_equal(got, reference(qp, kq, ql, rp, kr[order], order, rl, top))
 
 
+def test_diagonal_shift_vote_counts_like_python(rng):
+    """The compiled diagonal vote against a plain count: each pair of equal figure keys votes for
+    its (transposition, tempo) code in its band of note offsets and both neighbours; a code
+    counts its best band; most votes first, ties to the smaller code."""
+    from melodyguard.align import _vote_diagonal_kernel
+
+    def reference(qp, kq, ql, rp, kr_sorted, order, rl, top, band):
+        votes: dict[tuple[int, int], int] = {}
+        for i in range(kq.size):
+            for a in range(kr_sorted.size):
+                if kr_sorted[a] == kq[i]:
+                    j = int(order[a])
+                    code = (rp[j] - qp[i] + 128) * 1000 + int(np.rint(12 * (rl[j] - ql[i]))) + 500
+                    for db in (-1, 0, 1):
+                        key = (int(code), (j - i) // band + db)
+                        votes[key] = votes.get(key, 0) + 1
+        best: dict[int, int] = {}
+        for (code, _), c in votes.items():
+            best[code] = max(best.get(code, 0), c)
+        u = np.array(sorted(best), np.int64)
+        c = np.array([best[x] for x in u.tolist()], np.int64)
+        return u[np.argsort(-c, kind="stable")][:top]
+
+    for _ in range(60):
+        n, m = int(rng.integers(0, 30)), int(rng.integers(1, 60))
+        kq, kr = rng.integers(0, 6, n), rng.integers(0, 6, m)  # few keys: many pairs and ties
+        qp, rp = rng.integers(50, 80, n), rng.integers(50, 80, m)
+        ql, rl = rng.choice([-1.0, 0.0, 0.585, 1.0], n), rng.choice([-1.0, 0.0, 0.585, 1.0], m)
+        order = np.argsort(kr, kind="stable")
+        for top in (1, 3):
+            for band in (1, 6):
+                got = _vote_diagonal_kernel(qp, kq, ql, rp, kr[order], order, rl, top, band)
+                np.testing.assert_array_equal(got, reference(qp, kq, ql, rp, kr[order], order, rl, top, band))
+
+
+def test_diagonal_vote_finds_a_short_phrase_among_scattered_shared_figures():
+    """A long query shares single figures with the reference all over the place, at one key;
+    a 10-note phrase is lifted at another key. Counted together the scattered figures win; kept
+    apart by diagonal, the phrase's figures, which lie on one, win."""
+    from melodyguard.align import estimate_shift, note_iois
+
+    r = np.array([60, 62, 64, 65, 67, 65, 64, 62, 60, 59, 57, 59, 60, 64, 67, 72, 71, 69, 67, 65,
+                  64, 65, 67, 69, 71, 72, 74, 72, 71, 69, 67, 66, 67, 69, 71, 72, 69, 65, 62, 60])
+    ones = np.ones(r.size)
+    q: list[int] = []
+    for j in (33, 0, 27, 6, 21, 3, 30, 9, 36, 12, 24, 15):  # single figures, up a fifth (7)
+        q += [int(x) + 7 for x in r[j:j + 3]]
+        q += [q[-1] + 14, q[-1] + 1]  # leaps the reference never makes: no figure across them
+    q += [int(x) + 5 for x in r[16:26]]  # the lifted phrase, up a fourth (5)
+    qp = np.array(q)
+    q_ioi = np.ones(qp.size)
+    old = estimate_shift(qp, q_ioi, r, note_iois(np.arange(r.size, dtype=float), ones), top=1)
+    new = estimate_shift(qp, q_ioi, r, note_iois(np.arange(r.size, dtype=float), ones), top=1, diagonal=6)
+    assert old[0][0] == -7  # the scattered figures outvote the phrase
+    assert new[0][0] == -5 and new[0][1] == 1.0
+
+
 def test_prepare_notes_equals_the_stepwise_preparation(rng):
     """The compiled preparation of a melody's alignment inputs against the numpy steps it
     replaces: equal to the last bit, weighted or not, ornaments on or off, short melodies too."""
@@ -799,6 +856,26 @@ def test_figure_index_finds_a_short_lifted_phrase(rng):
     assert len(fi) == 39 and 7 not in fi.candidates(q, top=3)
     assert fi.candidates(Melody.from_notes(*random_melody(rng, 3)), top=3) == []  # no figure to vote
     assert FigureIndex().candidates(q) == []
+
+
+def test_common_figures_vote_only_under_both_limits(rng):
+    """Figures in more than ``max_df`` of the works, or in more than ``max_works`` works, do not
+    vote: a query made only of a phrase 30 of 40 works share finds candidates only when both
+    limits let its figures through."""
+    from melodyguard.index.figures import FigureIndex
+
+    stock = (np.array([60, 62, 64, 65, 67, 69, 71, 72]), np.arange(8.0), np.ones(8))
+    fi = FigureIndex()
+    for w in range(1, 41):
+        p, o, d = random_melody(rng, 30)
+        if w <= 30:  # the stock phrase, in another key, inside the work
+            p = np.concatenate([p[:10], stock[0] + int(rng.integers(-5, 6)), p[10:]])
+            o, d = np.arange(p.size, dtype=float), np.ones(p.size)
+        fi.add([(w, Melody.from_notes(p, o, d))])
+    q = Melody.from_notes(*stock)
+    assert len(fi.candidates(q, top=50, max_df=1.0, max_works=1000)) >= 30
+    assert fi.candidates(q, top=50, max_df=0.5, max_works=1000) == []  # in 75 % of the works
+    assert fi.candidates(q, top=50, max_df=1.0, max_works=20) == []  # in 30 works
 
 
 def test_figure_vote_ranks_works_like_a_plain_sort(rng):

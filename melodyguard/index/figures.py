@@ -6,8 +6,11 @@ thousands. Its 3-note figures (two intervals and two inter-onset ratios, invaria
 pace; :func:`melodyguard.align.shift_keys`) still line up: every figure the query shares with a
 work votes for one (transposition, tempo ratio, diagonal), as in the geometric hashing of audio
 fingerprinting, weighted by how rare the figure is (log of works / works containing it; figures
-found in more than ``max_df`` of the works, and in more than two, are stock material and do
-not vote).
+found in more than ``max_df`` of the works or in more than ``max_works`` works, and in more
+than two, do not vote). Common figures vote too, with their small weights: a lifted phrase
+of 12-14 notes, ornamented, keeps few rare figures, and its common ones still agree on one
+key, pace and diagonal. ``max_works`` bounds the postings a query reads, and so its cost, in
+large catalogues.
 
 The index lives in memory beside the FAISS index and is derived from the catalogue's melodies:
 per-work figure arrays are kept, so a catalogue change only parses the works added. It is saved
@@ -160,7 +163,8 @@ class FigureIndex:
         melody: Melody,
         *,
         top: int = 5,
-        max_df: float = 0.05,
+        max_df: float = 0.2,
+        max_works: int = 5000,
         offset_bin: int = 8,
         exclude: Iterable[int] = (),
     ) -> list[int]:
@@ -178,7 +182,8 @@ class FigureIndex:
         hi = np.searchsorted(self._keys, qk, "right")
         di = np.searchsorted(self._df_keys, qk)
         df = np.where(hi > lo, self._df[np.minimum(di, len(self._df) - 1)], 0)
-        use = (hi > lo) & (df <= max(max_df * n_works, 2))  # small catalogues: figures of 1-2 works
+        # small catalogues: figures of 1-2 works always vote
+        use = (hi > lo) & (df <= max(min(max_df * n_works, max_works), 2))
         if not use.any():
             return []
         qi = np.repeat(np.flatnonzero(use), (hi - lo)[use])
