@@ -17,8 +17,9 @@ Conventions
    agree on, and at the one that the 3-note figures shared by query and candidate vote for
    on their best diagonal (:func:`melodyguard.align.estimate_shift` with ``diagonal`` =
    ``shift_diagonal``; a lifted phrase re-paced to its new song gives too few window hits to
-   say, and figures a long query shares with the candidate by chance scatter over diagonals). An ornament that takes part of its principal note's time is
-   matched as that note (see :mod:`melodyguard.align`). Only candidates that can still be
+   say, and figures a long query shares with the candidate by chance scatter over diagonals).
+   An ornament that takes part of its principal note's time is matched as that note (see
+   :mod:`melodyguard.align`). Only candidates that can still be
    among the reported matches are aligned with traceback: the score at the best shift bounds
    the final E-value from below. The alignment gives the matched passage(s). Audio queries are
    also aligned with repeated notes joined on both sides (``matched_as: repeats_joined``).
@@ -103,6 +104,10 @@ class DetectConfig:
             )
         if self.k < 1 or self.max_candidates < 1:
             raise InvalidInputError("k and max_candidates must be >= 1")
+        if self.figure_candidates < 0 or self.shift_diagonal < 0 or self.figure_max_works < 1:
+            raise InvalidInputError("figure_candidates and shift_diagonal must be >= 0, figure_max_works >= 1")
+        if not 0 < self.figure_max_df <= 1:
+            raise InvalidInputError(f"figure_max_df must be in (0, 1]; got {self.figure_max_df}")
 
 
 DEFAULT_DETECT = DetectConfig()

@@ -983,3 +983,14 @@ def test_report_schema_is_documented_and_strict(catalogue, capsys):
     for bad in (extra, missing):
         with pytest.raises(ValidationError):
             validate_report(bad)
+
+
+@pytest.mark.parametrize("bad", [{"block_evalue": 1e-3, "review_evalue": 1e-4}, {"k": 0}, {"figure_candidates": -1},
+                                 {"shift_diagonal": -6}, {"figure_max_works": 0}, {"figure_max_df": 0.0},
+                                 {"figure_max_df": 1.5}])
+def test_detect_config_refuses_settings_that_make_no_sense(bad):
+    from melodyguard.detect import DetectConfig
+    from melodyguard.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError):
+        DetectConfig(**bad)
