@@ -527,6 +527,17 @@ def test_estimate_shift_finds_key_and_pace_of_a_lifted_passage(rng):
     assert estimate_shift_sides(prepare_side(qp[:3], note_iois(qo[:3], qd[:3])), r_side) == []  # too short
 
 
+def _random_vote_inputs(rng):
+    """Random figure keys, pitches and log IOIs of a query and a reference, as the shift-vote
+    kernels take them: ``(qp, kq, ql, rp, kr_sorted, order, rl)``."""
+    n, m = int(rng.integers(0, 30)), int(rng.integers(1, 60))
+    kq, kr = rng.integers(0, 6, n), rng.integers(0, 6, m)  # few keys: many pairs and ties
+    qp, rp = rng.integers(50, 80, n), rng.integers(50, 80, m)
+    ql, rl = rng.choice([-1.0, 0.0, 0.585, 1.0], n), rng.choice([-1.0, 0.0, 0.585, 1.0], m)
+    order = np.argsort(kr, kind="stable")
+    return qp, kq, ql, rp, kr[order], order, rl
+
+
 def test_shift_vote_kernel_counts_like_numpy(rng):
     """The compiled shift vote against a plain numpy count: every pair of equal figure keys
     votes for one (transposition, tempo) code; most votes first, ties to the smaller code."""
@@ -539,14 +550,9 @@ def test_shift_vote_kernel_counts_like_numpy(rng):
         return u[np.argsort(-c, kind="stable")][:top]
 
     for _ in range(40):
-        n, m = int(rng.integers(0, 30)), int(rng.integers(1, 60))
-        kq, kr = rng.integers(0, 6, n), rng.integers(0, 6, m)  # few keys: many pairs and ties
-        qp, rp = rng.integers(50, 80, n), rng.integers(50, 80, m)
-        ql, rl = rng.choice([-1.0, 0.0, 0.585, 1.0], n), rng.choice([-1.0, 0.0, 0.585, 1.0], m)
-        order = np.argsort(kr, kind="stable")
+        args = _random_vote_inputs(rng)
         for top in (1, 2, 5):
-            got = _vote_kernel(qp, kq, ql, rp, kr[order], order, rl, top)
-            np.testing.assert_array_equal(got, reference(qp, kq, ql, rp, kr[order], order, rl, top))
+            np.testing.assert_array_equal(_vote_kernel(*args, top), reference(*args, top))
 
 
 def test_diagonal_shift_vote_counts_like_python(rng):
@@ -573,15 +579,10 @@ def test_diagonal_shift_vote_counts_like_python(rng):
         return u[np.argsort(-c, kind="stable")][:top]
 
     for _ in range(60):
-        n, m = int(rng.integers(0, 30)), int(rng.integers(1, 60))
-        kq, kr = rng.integers(0, 6, n), rng.integers(0, 6, m)  # few keys: many pairs and ties
-        qp, rp = rng.integers(50, 80, n), rng.integers(50, 80, m)
-        ql, rl = rng.choice([-1.0, 0.0, 0.585, 1.0], n), rng.choice([-1.0, 0.0, 0.585, 1.0], m)
-        order = np.argsort(kr, kind="stable")
+        args = _random_vote_inputs(rng)
         for top in (1, 3):
             for band in (1, 6):
-                got = _vote_diagonal_kernel(qp, kq, ql, rp, kr[order], order, rl, top, band)
-                np.testing.assert_array_equal(got, reference(qp, kq, ql, rp, kr[order], order, rl, top, band))
+                np.testing.assert_array_equal(_vote_diagonal_kernel(*args, top, band), reference(*args, top, band))
 
 
 def test_diagonal_vote_finds_a_short_phrase_among_scattered_shared_figures():
