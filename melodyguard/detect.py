@@ -62,6 +62,8 @@ from .config import DEFAULT_MIN_NOTES
 from .errors import InvalidInputError, MelodyTooShortError
 from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
+from .index.figures import MAX_DF as FIGURE_MAX_DF
+from .index.figures import MAX_WORKS as FIGURE_MAX_WORKS
 from .index.store import require_works
 
 __all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "DEFAULT_TRACKS", "Calibration", "load_calibration", "check_melody",
@@ -94,8 +96,8 @@ class DetectConfig:
     shift_diagonal: int = 6
     #: figures found in more than this share of the works, or in more than ``figure_max_works``
     #: works, do not vote for candidates (the second bounds a query's cost in large catalogues)
-    figure_max_df: float = 0.2
-    figure_max_works: int = 5000
+    figure_max_df: float = FIGURE_MAX_DF
+    figure_max_works: int = FIGURE_MAX_WORKS
 
     def __post_init__(self) -> None:
         if not 0 < self.block_evalue <= self.review_evalue:

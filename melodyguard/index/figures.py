@@ -39,6 +39,10 @@ FIGURES_FORMAT_VERSION = 1
 
 _CODE_WORK = 10**11  # work id * this + (transposition, tempo, diagonal) code
 
+#: Defaults of :meth:`FigureIndex.candidates` (and of detection's ``DetectConfig``).
+MAX_DF = 0.2
+MAX_WORKS = 5000
+
 
 class FigureIndex:
     """Sorted postings of every catalogue work's 3-note figures (notes as written)."""
@@ -163,8 +167,8 @@ class FigureIndex:
         melody: Melody,
         *,
         top: int = 5,
-        max_df: float = 0.2,
-        max_works: int = 5000,
+        max_df: float = MAX_DF,
+        max_works: int = MAX_WORKS,
         offset_bin: int = 8,
         exclude: Iterable[int] = (),
     ) -> list[int]:
