@@ -647,24 +647,35 @@ def _vote_shifts(qp: np.ndarray, kq: np.ndarray, ql: np.ndarray, rp: np.ndarray,
 
 
 @njit(cache=True)
-def _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top):  # pragma: no cover - numba
-    """Every pair of equal figure keys votes for its (transposition, tempo ratio in twelfths of
-    an octave) code; the ``top`` codes with the most votes, ties to the smaller code."""
+def _pair_codes(qp, kq, ql, rp, kr_sorted, order, rl):  # pragma: no cover - numba
+    """Every pair of equal figure keys (query run ``i``, reference run ``j``): its (transposition,
+    tempo ratio in twelfths of an octave) code and its note offset ``j - i``, in query order."""
     lo = np.searchsorted(kr_sorted, kq, "left")
     hi = np.searchsorted(kr_sorted, kq, "right")
     n = 0
     for i in range(kq.size):
         n += hi[i] - lo[i]
     codes = np.empty(n, np.int64)
-    if n == 0:
-        return codes
+    offsets = np.empty(n, np.int64)
     m = 0
     for i in range(kq.size):
         for a in range(lo[i], hi[i]):
             j = order[a]
             lr = np.int64(np.rint(12.0 * (rl[j] - ql[i])))
             codes[m] = (rp[j] - qp[i] + 128) * 1000 + (lr + 500)
+            offsets[m] = j - i
             m += 1
+    return codes, offsets
+
+
+@njit(cache=True)
+def _vote_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top):  # pragma: no cover - numba
+    """Every pair of equal figure keys votes for its (transposition, tempo ratio in twelfths of
+    an octave) code; the ``top`` codes with the most votes, ties to the smaller code."""
+    codes, _ = _pair_codes(qp, kq, ql, rp, kr_sorted, order, rl)
+    n = codes.size
+    if n == 0:
+        return codes
     codes.sort()
     # runs of equal codes, in ascending order; the stable order of -count keeps ties ascending
     u = np.empty(n, np.int64)
@@ -687,24 +698,15 @@ def _vote_diagonal_kernel(qp, kq, ql, rp, kr_sorted, order, rl, top, band):  # p
     (query run ``i``, reference run ``j``) votes for its (transposition, tempo) code in the band
     ``(j - i) // band`` and in both neighbours; a code's count is that of its best band. The
     ``top`` codes with the highest counts, ties to the smaller code."""
-    lo = np.searchsorted(kr_sorted, kq, "left")
-    hi = np.searchsorted(kr_sorted, kq, "right")
-    n = 0
-    for i in range(kq.size):
-        n += hi[i] - lo[i]
+    pair, offsets = _pair_codes(qp, kq, ql, rp, kr_sorted, order, rl)
+    n = pair.size
     if n == 0:
-        return np.empty(0, np.int64)
+        return pair
     codes = np.empty(3 * n, np.int64)
-    m = 0
-    for i in range(kq.size):
-        for a in range(lo[i], hi[i]):
-            j = order[a]
-            lr = np.int64(np.rint(12.0 * (rl[j] - ql[i])))
-            code = (rp[j] - qp[i] + 128) * 1000 + (lr + 500)
-            d = np.int64(np.floor((j - i) / band)) + (1 << 30)
-            for db in range(-1, 2):
-                codes[m] = (code << 32) + d + db
-                m += 1
+    for m in range(n):
+        d = np.int64(np.floor(offsets[m] / band)) + (1 << 30)
+        for db in range(-1, 2):
+            codes[3 * m + db + 1] = (pair[m] << 32) + d + db
     codes.sort()
     # per (code, band) run: its count; per code (runs of a code are adjacent): the best band's
     u = np.empty(3 * n, np.int64)
