@@ -41,7 +41,9 @@ tempo-invariant features (pitch interval, log2 duration ratio to the previous no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numba import njit
@@ -358,8 +360,15 @@ class Scoring:
     ornament_interval: int = 2
 
     def array(self) -> np.ndarray:
-        return np.array([self.equal, self.octave, self.near, self.other, self.rhythm_hit, self.rhythm_miss,
-                         self.gap, self.rhythm_tolerance, self.ornament], dtype=np.float64)
+        """The kernels' parameter vector (made once per Scoring, read-only)."""
+        return self._array
+
+    @cached_property
+    def _array(self) -> np.ndarray:
+        a = np.array([self.equal, self.octave, self.near, self.other, self.rhythm_hit, self.rhythm_miss,
+                      self.gap, self.rhythm_tolerance, self.ornament], dtype=np.float64)
+        a.flags.writeable = False
+        return a
 
 
 DEFAULT_SCORING = Scoring()
@@ -409,9 +418,9 @@ def align_notes(
 def align_sides(q: Side, r: Side, *, transposition: int, tempo_ratio: float, max_segments: int = 3,
                 min_score: float = 6.0) -> list[Alignment]:
     """:func:`align_notes` of two prepared sides (the same alignments)."""
-    if q.scoring != r.scoring:
+    if q.scoring is not r.scoring and q.scoring != r.scoring:
         raise ValueError("both sides must be prepared with the same scoring")
-    logr = float(np.log2(max(tempo_ratio, 1e-6)))
+    logr = math.log2(max(tempo_ratio, 1e-6))
     bq = np.zeros(q.pitch.size, dtype=np.bool_)
     br = np.zeros(r.pitch.size, dtype=np.bool_)
     prm = q.scoring.array()
@@ -535,10 +544,10 @@ def best_scores_sides(q: Side, r: Side, *, shifts: list[tuple[int, float]]) -> n
     """:func:`best_scores` of two prepared sides (the same numbers)."""
     if not shifts:
         return np.zeros(0)
-    if q.scoring != r.scoring:
+    if q.scoring is not r.scoring and q.scoring != r.scoring:
         raise ValueError("both sides must be prepared with the same scoring")
     ts = np.array([int(t) for t, _ in shifts], dtype=np.int64)
-    lr = np.array([float(np.log2(max(rt, 1e-6))) for _, rt in shifts], dtype=np.float64)
+    lr = np.array([math.log2(max(rt, 1e-6)) for _, rt in shifts], dtype=np.float64)
     return np.asarray(_sw_scores(q.pitch, q.log_ioi, r.pitch, r.log_ioi, ts, lr, q.weight, r.weight, q.orn_ml,
                                  q.orn_ok, r.orn_ml, r.orn_ok, q.scoring.array()))
 

@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +123,7 @@ class Calibration:
     K: float
     info: dict[str, Any]
 
-    @property
+    @cached_property
     def scoring(self) -> Scoring:
         d = self.info.get("scoring")
         return Scoring(**d) if d else DEFAULT_SCORING
@@ -254,15 +256,22 @@ def check_melody(
     head = order[np.r_[True, uw[order][1:] != uw[order][:-1]]] if order.size else order
     head = head[np.lexsort((uw[head], -tot[head]))][: config.max_candidates]
     ranked = uw[head].tolist()
+    # Each work's hits, in the order above: (transposition, similarity, tempo ratio) rows.
+    by_work = np.argsort(w_all, kind="stable")
+    w_sorted = w_all[by_work]
+    hit_rows = np.stack([trans_all, s_all, ratio_all], 1)
+
+    def work_hits(w: int) -> np.ndarray:
+        return by_work[np.searchsorted(w_sorted, w, "left"):np.searchsorted(w_sorted, w, "right")]
+
     hits: dict[int, np.ndarray] = {}
     for w, best_bin in zip(ranked, ubin[head].tolist()):
         # Transposition and tempo come from the hits of the winning offset (the temporally
         # consistent ones), not from every hit of the work: in a small catalogue a work also
         # collects stray hits at other offsets, whose tempo ratios would skew the estimate.
-        sel = (w_all == w) & (np.abs(b - best_bin) <= 1)
-        if not sel.any():
-            sel = w_all == w
-        hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
+        mine = work_hits(w)
+        sel = mine[np.abs(b[mine] - best_bin) <= 1]
+        hits[w] = hit_rows[sel if sel.size else mine]
     if config.figure_candidates and hasattr(catalogue, "figures"):
         # Short lifted phrases leave too few window hits to win the vote; their 3-note figures
         # still agree on one key, pace and offset (melodyguard.index.figures).
@@ -271,16 +280,16 @@ def check_melody(
                                                 max_df=config.figure_max_df, max_works=config.figure_max_works)
         ranked += extra
         for w in extra:  # whatever window hits they have (maybe none: then shared figures decide)
-            sel = w_all == w
-            hits[w] = np.stack([trans_all[sel], s_all[sel], ratio_all[sel]], 1)
+            hits[w] = hit_rows[work_hits(w)]
     t_vote = time.perf_counter()
 
     background = cal.info.get("background")
+    scoring = cal.scoring
     q_side = []  # per view: (melody, map to original notes, iois in beats)
     q_prep = []  # per view: its alignment inputs, prepared once for every candidate
     for vm, vmap in views:
         vi, side_v = prepare_notes(vm.pitches, vm.onsets_beats, vm.durations_beats, background=background,
-                                   scoring=cal.scoring)
+                                   scoring=scoring)
         q_side.append((vm, vmap, vi))
         q_prep.append(side_v)
     if hasattr(catalogue, "prefetch"):
@@ -297,21 +306,22 @@ def check_melody(
         best_e, best_v = np.inf, 0
         # Window medians give a noisy tempo ratio; copies mostly keep the beat (x1) or halve or
         # double it, so the snapped ratio and x1 are tried as well.
-        ratios = sorted({round(ratio, 4), float(2.0 ** np.round(np.log2(max(ratio, 1e-6)))), 1.0})
+        ratios = sorted({round(ratio, 4), 2.0 ** round(math.log2(max(ratio, 1e-6))), 1.0})
         for v, (qm, qmap, q_ioi) in enumerate(q_side):
-            rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, cal.scoring)
+            rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, scoring)
             pairs = [(tr, rt) for tr in transpositions for rt in ratios]
             if config.shift_hashing:
                 pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1, diagonal=config.shift_diagonal)
                           if x not in pairs]
             # Score every shift in one pass; align (with traceback and further segments) only
             # at the best one -- the same choice as aligning at each, several times cheaper.
-            sc = best_scores_sides(q_prep[v], r_prep, shifts=pairs)
-            if not sc.size or sc.max() <= 0:
+            sc = best_scores_sides(q_prep[v], r_prep, shifts=pairs).tolist()
+            top_sc = max(sc, default=0.0)
+            if top_sc <= 0:
                 continue
-            k = int(np.argmax(sc))  # the first of equal scores, as before
+            k = sc.index(top_sc)  # the first of equal scores, as before
             # times the number of views: the smallest of several E-values is corrected for the choice
-            e_v = cal.evalue(float(sc[k]), len(qm), N, collapsed=v > 0) * len(q_side)
+            e_v = cal.evalue(top_sc, len(qm), N, collapsed=v > 0) * len(q_side)
             if e_v < best_e:
                 best_e, best_v = e_v, v
                 best_pair = pairs[k]
@@ -391,7 +401,8 @@ def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: 
     if not hasattr(catalogue, "derived"):
         return make(ref)
     side = catalogue.derived(w, ("verify", view, id(background)), make)
-    return side if side[3].scoring == scoring else make(ref)  # another calibration's: not reused
+    kept = side[3].scoring
+    return side if kept is scoring or kept == scoring else make(ref)  # another calibration's: not reused
 
 
 def _match_entry(melody: Melody, catalogue: Any, e: float, w: int, ref: Melody, best_al: list[Any], view_main: Any,

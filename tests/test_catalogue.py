@@ -897,6 +897,60 @@ def test_figure_vote_ranks_works_like_a_plain_sort(rng):
             assert _best_works(works, tot, top=top, exclude=exclude) == plain[:top]
 
 
+def test_figure_vote_kernel_sums_like_a_plain_count(rng):
+    """The compiled figure vote against the plain numpy count it replaced: every posting votes
+    its figure's weight for its work's (transposition, tempo, diagonal) code, a code's votes are
+    summed in posting order (``np.bincount``), and a work keeps its best code. Equal to the bit."""
+    from melodyguard.index.figures import _CODE_WORK, _figure_votes
+
+    for _ in range(300):
+        n_post = int(rng.integers(1, 400))
+        work = rng.integers(1, int(rng.integers(2, 40)), n_post)
+        pitch = rng.integers(55, 80, n_post)
+        log_ioi = rng.choice([-1.0, -0.5, 0.0, 0.58496, 1.0], n_post) + rng.normal(0, 0.02, n_post)
+        pos = rng.integers(0, 60, n_post)
+        n_q = int(rng.integers(1, 30))
+        qp, qlg = rng.integers(55, 80, n_q), rng.choice([-1.0, 0.0, 1.0], n_q)
+        qi = np.sort(rng.choice(n_q, int(rng.integers(1, n_q + 1)), replace=False))
+        cut = np.sort(rng.integers(0, n_post + 1, (qi.size, 2)), 1)  # each figure's postings
+        lo, hi = cut[:, 0], cut[:, 1]
+        weight = rng.choice([0.25, 1.0, 1.7, 2.3], qi.size) * rng.uniform(0.5, 1.5, qi.size)
+        obin = int(rng.integers(1, 10))
+        # the plain count
+        q = np.repeat(qi, hi - lo)
+        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]).astype(np.int64)
+        lr = np.rint(12 * (log_ioi[idx] - qlg[q])).astype(np.int64)
+        code = work[idx] * _CODE_WORK + (pitch[idx] - qp[q] + 128) * 10_000_000 + (lr + 500) * 10_000 \
+            + ((pos[idx] - q) // obin + 5_000)
+        u, inv = np.unique(code, return_inverse=True)
+        tot = np.bincount(inv, weights=np.repeat(weight, hi - lo)) if u.size else np.zeros(0)
+        uw = u // _CODE_WORK
+        want_w = np.unique(uw)
+        want = np.array([tot[uw == w].max() for w in want_w])
+        got_w, got = _figure_votes(qi, lo, hi, weight, qp, qlg, pitch, log_ioi, pos, work, obin)
+        assert got_w.tolist() == want_w.tolist()
+        assert got.tolist() == want.tolist()
+
+
+def test_window_table_rows_dense_and_sparse():
+    """Rows of vector ids, unknown ids (-1, gaps, beyond the last) giving -1: the lookup table and
+    the search it falls back to when the ids are sparse give the same rows."""
+    from melodyguard.index.store import WindowTable
+
+    def table(vid):
+        z = np.zeros(vid.size, np.int64)
+        return WindowTable(vid, z, z, z, z, z.astype(float), z)
+
+    dense = table(np.array([1, 2, 3, 5, 8, 9], np.int64))
+    sparse = table(np.array([1, 2, 3, 5, 8, 9, 100_000], np.int64))
+    assert dense._dense_rows is not None and sparse._dense_rows is None
+    q = np.array([[1, 9, -1, 4], [5, 10, 0, 99_999]])
+    assert dense.rows(q).tolist() == [[0, 5, -1, -1], [3, -1, -1, -1]]
+    assert sparse.rows(q).tolist() == [[0, 5, -1, -1], [3, -1, -1, -1]]
+    assert sparse.rows(np.array([100_000])).tolist() == [6]
+    assert table(np.zeros(0, np.int64)).rows(q).tolist() == [[-1] * 4] * 2
+
+
 def test_figure_index_is_saved_and_reloaded_without_parsing(shipped_encoder, tmp_path, rng, monkeypatch):
     import melodyguard.index.store as store
     from melodyguard.index.figures import FigureIndex

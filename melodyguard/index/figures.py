@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from ..align import note_iois, shift_keys
 from ..fingerprint.melody import Melody
@@ -190,15 +191,81 @@ class FigureIndex:
         use = (hi > lo) & (df <= max(min(max_df * n_works, max_works), 2))
         if not use.any():
             return []
-        qi = np.repeat(np.flatnonzero(use), (hi - lo)[use])
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo[use], hi[use])])
-        tr = self._pitch[idx] - qp[qi]
-        lr = np.rint(12 * (self._log_ioi[idx] - qlg[qi])).astype(np.int64)
-        dg = (self._pos[idx] - qi) // offset_bin
-        code = self._work[idx] * _CODE_WORK + (tr + 128) * 10_000_000 + (lr + 500) * 10_000 + (dg + 5_000)
+        qi = np.flatnonzero(use)
         weight = np.log(n_works / df[qi])
-        u, inv = np.unique(code, return_inverse=True)
-        return _best_works(u // _CODE_WORK, np.bincount(inv, weights=weight), top=top, exclude=exclude)
+        works, best = _figure_votes(qi, lo[qi], hi[qi], weight, qp, qlg, self._pitch, self._log_ioi, self._pos,
+                                    self._work, offset_bin)
+        return _best_works(works, best, top=top, exclude=exclude)
+
+
+@njit(cache=True)
+def _figure_votes(qi, lo, hi, weight, qp, qlg, pitch, log_ioi, pos, work, offset_bin):  # pragma: no cover - numba
+    """Each work's best vote: every posting ``lo[i]..hi[i]`` of query figure ``qi[i]`` votes
+    ``weight[i]`` for its work's (transposition, tempo ratio in twelfths of an octave, diagonal
+    band) code; the votes of a code are summed in posting order, and a work's vote is its best
+    code's. Returns the voted works, ascending, and their votes."""
+    n = 0
+    for i in range(qi.size):
+        n += hi[i] - lo[i]
+    code = np.empty(n, np.int64)
+    wk = np.empty(n, np.int64)
+    wt = np.empty(n, np.float64)
+    n_ids = 0
+    m = 0
+    for i in range(qi.size):
+        q = qi[i]
+        for a in range(lo[i], hi[i]):
+            lr = np.int64(np.rint(12 * (log_ioi[a] - qlg[q])))
+            dg = (pos[a] - q) // offset_bin
+            code[m] = work[a] * _CODE_WORK + (pitch[a] - qp[q] + 128) * 10_000_000 + (lr + 500) * 10_000 + (dg + 5_000)
+            wk[m] = work[a]
+            wt[m] = weight[i]
+            n_ids = max(n_ids, work[a] + 1)
+            m += 1
+    # A stable counting sort by work, then a stable sort of each work's codes: the order of a
+    # stable sort of all postings by code, at a fraction of its cost.
+    start = np.zeros(n_ids + 1, np.int64)
+    for a in range(n):
+        start[wk[a] + 1] += 1
+    for w in range(n_ids):
+        start[w + 1] += start[w]
+    fill = start[:-1].copy()
+    order = np.empty(n, np.int64)
+    for a in range(n):
+        w = wk[a]
+        order[fill[w]] = a
+        fill[w] += 1
+    works = np.empty(n, np.int64)
+    best = np.empty(n, np.float64)
+    k = 0
+    for w in range(n_ids):
+        s, e = start[w], start[w + 1]
+        if s == e:
+            continue
+        if e - s > 32:  # a long work: a stable sort of its postings by code
+            seg = order[s:e].copy()
+            order[s:e] = seg[np.argsort(code[seg], kind="mergesort")]
+        else:
+            for x in range(s + 1, e):  # few postings: insertion sort by code (stable)
+                y = order[x]
+                z = x
+                while z > s and code[order[z - 1]] > code[y]:
+                    order[z] = order[z - 1]
+                    z -= 1
+                order[z] = y
+        top = -np.inf
+        j = s
+        while j < e:
+            c = code[order[j]]
+            tot = 0.0
+            while j < e and code[order[j]] == c:
+                tot += wt[order[j]]
+                j += 1
+            top = max(top, tot)
+        works[k] = w
+        best[k] = top
+        k += 1
+    return works[:k], best[:k]
 
 
 def _best_works(works: np.ndarray, tot: np.ndarray, *, top: int, exclude: Iterable[int]) -> list[int]:
