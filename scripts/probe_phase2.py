@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from melodyguard.corpus import TRAIN_COLLECTIONS, load_corpus  # noqa: E402
 from melodyguard.fingerprint.windows import PITCH_PAD, encode_notes  # noqa: E402
 from melodyguard.model.config import preset  # noqa: E402
-from melodyguard.model.encoder import DEFAULT_WEIGHTS, Encoder  # noqa: E402
+from melodyguard.model.encoder import DEFAULT_WEIGHTS, Encoder, save_weights  # noqa: E402
 from melodyguard.model.train import TrainConfig, train_vae  # noqa: E402
 
 
@@ -55,18 +55,29 @@ def main() -> int:
     ap.add_argument("--free-bits", type=float, default=0.25)
     ap.add_argument("--word-dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--parallel", action="store_true", help="a parallel (non-autoregressive) decoder")
+    ap.add_argument("--flat", action="store_true", help="a flattened (note-exact) detail code")
+    ap.add_argument("--dec-layers", type=int, default=None, help="decoder layers (default: the preset's)")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--out", type=Path, default=None, help="also save the probe's weights (with a manifest) here")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/probe-phase2"))
     a = ap.parse_args()
     train = [t.melody for t in load_corpus(None, splits=["train"], collections=TRAIN_COLLECTIONS)]
     P, R = heldout_windows()
     cfg = dataclasses.replace(preset("default"), name="probe", latent_dim=64 + a.detail_dims,
-                              detail_layers=a.detail_layers, z_tokens=a.z_tokens)
+                              detail_layers=a.detail_layers, z_tokens=a.z_tokens, parallel_decoder=a.parallel,
+                              detail_flat=a.flat,
+                              dec_layers=a.dec_layers or preset("default").dec_layers)
     tc = TrainConfig(steps=a.steps, beta=a.beta, free_bits=a.free_bits, word_dropout=a.word_dropout,
-                     contrastive_weight=0.0, freeze_fingerprint=True, lr=a.lr, anneal_frac=0.2)
+                     contrastive_weight=0.0, freeze_fingerprint=True, lr=a.lr, anneal_frac=0.2,
+                     batch_size=a.batch_size)
     t0 = time.time()
     model, summary = train_vae(train, model_config=cfg, train_config=tc, run_dir=a.run_dir, progress=True,
                                init_state=torch.load(DEFAULT_WEIGHTS, weights_only=True))
     enc, shipped = Encoder(model, {}), Encoder.load()
+    if a.out is not None:
+        save_weights(model, a.out, extra={"training": {"probe": vars(a) | {"run_dir": str(a.run_dir), "out": str(a.out)},
+                                                       **summary}})
     same = bool(np.array_equal(enc.embed_tokens(P, R), shipped.embed_tokens(P, R)))
     mask = P != PITCH_PAD
     out = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -133,10 +134,22 @@ def test_generate_is_seeded(tiny_weights, tmp_path):
 
 
 def test_shipped_weights_manifest_and_invariance(shipped_encoder, rng):
+    """The shipped weights: both phases trained without the held-out collections, the fingerprint
+    of the first phase, a fitted generation prior, and a decoder that reconstructs from mu."""
+    from melodyguard.fingerprint.windows import PITCH_PAD
+
     man = shipped_encoder.manifest
-    assert man["preset"] == "default"
-    assert not set(man["training"]["data"]["collections"]) & set(HELDOUT_COLLECTIONS)
-    assert "essen" not in json.dumps(man["training"]["data"]).lower().replace("never essen", "")
+    assert man["preset"] == "default-detail" and man["training"]["init_from"]["preset"] == "default"
+    assert man["training"]["init_from"]["frozen_fingerprint"] is True
+    for data in (man["training"]["data"], man["training"]["init_from"]["training"]["data"]):
+        assert not set(data["collections"]) & set(HELDOUT_COLLECTIONS)
+        assert "essen" not in json.dumps(data).lower().replace("never essen", "")
+    assert man["fingerprint_id"] == shipped_encoder.fingerprint
+    assert not torch.equal(shipped_encoder.model.prior_scale, torch.eye(shipped_encoder.latent_dim))
+    w = shipped_encoder.embed(Melody.from_notes(*random_melody(rng, 60))).windows
+    rp, rr = shipped_encoder.reconstruct(w.pitch, w.rhythm)
+    real = w.pitch != PITCH_PAD
+    assert ((rp == w.pitch) & (rr == w.rhythm))[real].mean() >= 0.9
     p, o, d = random_melody(rng, 40)
     base = shipped_encoder.embed(Melody.from_notes(p, o, d)).vectors
     moved = shipped_encoder.embed(Melody.from_notes(p + 5, o * 1.5, d * 1.5)).vectors
@@ -234,7 +247,10 @@ def _log_prob(model, z, p, r):
     return (lp.gather(2, p.unsqueeze(2)) + lr.gather(2, r.unsqueeze(2))).squeeze(2).sum(1)
 
 
-def test_beam_search_finds_the_most_probable_window(rng):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_beam_search_finds_the_most_probable_window(rng, parallel):
+    """An exhaustive search over two-note windows agrees with the beam search; for the
+    parallel decoder, whose notes are independent given z, greedy decoding already does."""
     import dataclasses
 
     from melodyguard.fingerprint.windows import (
@@ -246,7 +262,7 @@ def test_beam_search_finds_the_most_probable_window(rng):
     from melodyguard.model.vae import MelodyVAE
 
     torch.manual_seed(int(rng.integers(1 << 30)))
-    model = MelodyVAE(dataclasses.replace(preset("tiny"), window_length=2)).eval()
+    model = MelodyVAE(dataclasses.replace(preset("tiny"), window_length=2, parallel_decoder=parallel)).eval()
     z = torch.randn(3, model.config.latent_dim) * 2
     with torch.no_grad():
         gp, gr = model.sample_tokens(z, temperature=0.0)
@@ -262,7 +278,30 @@ def test_beam_search_finds_the_most_probable_window(rng):
             scores = _log_prob(model, z[i:i + 1].expand(len(P), -1), P, R)
             best = int(scores.argmax())
             assert torch.equal(bp[i], P[best]) and torch.equal(br[i], R[best])
+            if parallel:
+                assert torch.equal(gp[i], P[best]) and torch.equal(gr[i], R[best])
     assert torch.equal(b1p, gp) and torch.equal(b1r, gr)  # width 1 is greedy decoding
+
+
+def test_parallel_decoder_reads_only_z(rng):
+    """The parallel decoder's logits do not depend on the target tokens (nothing leaks past
+    the latent), and sampling draws every note of the window at once, seeded."""
+    from melodyguard.model.vae import MelodyVAE
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    model = MelodyVAE(dataclasses.replace(preset("tiny"), parallel_decoder=True)).eval()
+    assert not hasattr(model, "dec_pitch")  # no token inputs to the decoder
+    L = model.config.window_length
+    z = torch.randn(4, model.config.latent_dim)
+    p1, r1 = torch.from_numpy(rng.integers(0, 49, (4, L))), torch.from_numpy(rng.integers(0, 13, (4, L)))
+    p2, r2 = torch.from_numpy(rng.integers(0, 49, (4, L))), torch.from_numpy(rng.integers(0, 13, (4, L)))
+    with torch.no_grad():
+        a, b = model.decode(z, p1, r1), model.decode(z, p2, r2)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (4, L, 50)
+        s1 = model.sample_tokens(z, temperature=1.0, generator=torch.Generator().manual_seed(5))
+        s2 = model.sample_tokens(z, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(s1[0], s2[0]) and s1[0].shape == (4, L)
+    assert int(s1[0].max()) < 49 and int(s1[1].max()) < 13  # padding is never emitted
 
 
 def test_reconstruction_by_beam_search(tiny_weights, rng):
@@ -276,3 +315,53 @@ def test_reconstruction_by_beam_search(tiny_weights, rng):
     np.testing.assert_array_equal(p4, enc.reconstruct(w.pitch, w.rhythm, beam=4)[0])
     with pytest.raises(ConfigError, match="beam must be"):
         enc.reconstruct(w.pitch, w.rhythm, beam=0)
+
+
+def test_fitted_prior_matches_the_posterior_means(rng):
+    """fit_prior keeps the mean and a Cholesky factor of the covariance of the windows'
+    posterior means; standard-normal draws map through it, and zero maps to the mean."""
+    from melodyguard.model.vae import MelodyVAE
+
+    torch.manual_seed(int(rng.integers(1 << 30)))
+    cfg = dataclasses.replace(preset("tiny-detail"), fitted_prior=True)
+    model = MelodyVAE(cfg).eval()
+    eps = torch.randn(3, cfg.latent_dim)
+    assert torch.equal(model.prior_latents(eps), eps)  # N(0, I) until fitted
+    L = cfg.window_length
+    p = torch.from_numpy(rng.integers(0, 49, (500, L)))
+    r = torch.from_numpy(rng.integers(0, 13, (500, L)))
+    model.fit_prior(p, r, batch_size=128)
+    with torch.no_grad():
+        mu = model.encode(p, r)[0].double()
+    np.testing.assert_allclose(model.prior_latents(torch.zeros(1, cfg.latent_dim))[0].numpy(),
+                               mu.mean(0).numpy(), atol=1e-5)
+    scale = model.prior_scale.double()
+    assert torch.equal(scale, torch.tril(scale))
+    np.testing.assert_allclose((scale @ scale.T).numpy(), torch.cov(mu.T).numpy(), atol=2e-4)
+    with pytest.raises(ValueError, match="fitted_prior"):
+        MelodyVAE(preset("tiny")).fit_prior(p, r)
+
+
+def test_fitted_prior_is_trained_saved_and_used_by_generation(tmp_path, rng):
+    """A preset with a fitted prior fits it at the end of training; it is saved with the
+    weights, and generation draws its latents through it."""
+    from melodyguard.model.encoder import save_weights
+    from melodyguard.model.generate import sample_melodies
+
+    mels = [Melody.from_notes(*random_melody(rng, 30)) for _ in range(6)]
+    cfg = dataclasses.replace(preset("tiny-detail"), fitted_prior=True, name="tiny-prior")
+    model, _ = train_vae(mels, model_config=cfg, train_config=TrainConfig(steps=2, batch_size=8, threads=1),
+                         run_dir=tmp_path / "run", progress=False)
+    assert not torch.equal(model.prior_scale, torch.eye(cfg.latent_dim))
+    save_weights(model, tmp_path / "w.pt")
+    enc = Encoder.load(tmp_path / "w.pt")
+    assert torch.equal(enc.model.prior_mean, model.prior_mean)
+    assert torch.equal(enc.model.prior_scale, model.prior_scale)
+    eps = rng.standard_normal((2, cfg.latent_dim)).astype(np.float32)
+    np.testing.assert_allclose(enc.prior_latents(eps), model.prior_mean.numpy() + eps @ model.prior_scale.numpy().T,
+                               rtol=1e-5, atol=1e-5)
+    a = sample_melodies(enc, 2, bars=2, seed=4)
+    enc.model.prior_mean += 30.0  # generation reads the fitted prior: moving it changes the melodies
+    b = sample_melodies(enc, 2, bars=2, seed=4)
+    assert any(not np.array_equal(x.pitches, y.pitches) or not np.array_equal(x.durations_beats, y.durations_beats)
+               for x, y in zip(a, b))

@@ -37,6 +37,17 @@ class VAEConfig:
     #: the decoder also attends to z turned into this many prefix vectors (0 = z is only added
     #: to every input position).
     z_tokens: int = 0
+    #: the decoder predicts every note of the window at once from z, attending only to z (no
+    #: previous tokens): no exposure bias, and nothing reaches the output but through the
+    #: latent. False = the autoregressive (causal) decoder.
+    parallel_decoder: bool = False
+    #: the detail encoder maps its note outputs position by position (flattened) to the detail
+    #: dimensions, instead of their pooled summary: a note-exact code, for reconstruction.
+    detail_flat: bool = False
+    #: generation draws z from a full-covariance Gaussian fitted to the posterior means of the
+    #: training windows (kept with the weights), not from N(0, I): with a low beta the detail
+    #: dimensions carry the notes but no longer look like N(0, I).
+    fitted_prior: bool = False
     window_format_version: int = WINDOW_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -44,6 +55,8 @@ class VAEConfig:
             raise ConfigError(f"retrieval_dim must be in 0..latent_dim; got {self.retrieval_dim}")
         if self.detail_layers and not 0 < self.retrieval_dim < self.latent_dim:
             raise ConfigError("a detail encoder needs 0 < retrieval_dim < latent_dim")
+        if self.detail_flat and not self.detail_layers:
+            raise ConfigError("detail_flat needs a detail encoder (detail_layers > 0)")
 
     @property
     def fingerprint_dim(self) -> int:
@@ -63,15 +76,18 @@ class VAEConfig:
 PRESETS: dict[str, VAEConfig] = {
     # 96 latent dimensions: 64 form the fingerprint, 32 keep the notes' details for the decoder.
     "default": VAEConfig(latent_dim=96, retrieval_dim=64),
-    # "default" plus a separate detail encoder (64 more dimensions) and a latent prefix for the
-    # decoder: a second phase on top of "default" weights, with the fingerprint frozen.
-    "default-detail": VAEConfig(name="default-detail", latent_dim=128, retrieval_dim=64, detail_layers=2, z_tokens=8),
+    # "default" plus a separate detail encoder whose 64 more dimensions code the window note by
+    # note, a parallel decoder and a fitted generation prior: a second phase on top of
+    # "default" weights, with the fingerprint frozen. The shipped weights are this preset.
+    "default-detail": VAEConfig(name="default-detail", latent_dim=128, retrieval_dim=64, detail_layers=2,
+                                parallel_decoder=True, detail_flat=True, fitted_prior=True),
     "small": VAEConfig(name="small", d_model=64, heads=4, ff=128, enc_layers=2, dec_layers=1, latent_dim=32),
     # For tests: trains in seconds.
     "tiny": VAEConfig(name="tiny", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1, latent_dim=8),
     # For tests: "tiny" plus a detail encoder, for a second phase initialised from "tiny".
     "tiny-detail": VAEConfig(name="tiny-detail", d_model=16, heads=2, ff=32, enc_layers=1, dec_layers=1,
-                             latent_dim=12, retrieval_dim=8, detail_layers=1, z_tokens=2),
+                             latent_dim=12, retrieval_dim=8, detail_layers=1,
+                             parallel_decoder=True, detail_flat=True, fitted_prior=True),
 }
 
 

@@ -234,6 +234,12 @@ class Encoder:
         return p.numpy(), r.numpy()
 
     @torch.no_grad()
+    def prior_latents(self, eps: np.ndarray) -> np.ndarray:
+        """Latents ``(n, latent_dim)`` float32 for standard-normal draws ``eps`` under the
+        model's generation prior (see ``MelodyVAE.prior_latents``)."""
+        return self.model.prior_latents(torch.as_tensor(eps, dtype=torch.float32)).numpy()
+
+    @torch.no_grad()
     def reconstruct(self, pitch: np.ndarray, rhythm: np.ndarray, *, beam: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Reconstruction from the posterior mean: greedy (``beam=1``) or the most probable
         window found by a beam search of that width."""

@@ -5,7 +5,8 @@ Conventions
 The decoder emits one window (16 notes, pitches relative to a reference pitch, durations
 relative to a median inter-onset interval). A melody of ``bars`` 4/4 bars is built from
 successive windows whose latents follow a slow random walk (each step keeps 85 % of the
-previous latent), all centred on ``ref_pitch`` (MIDI, default 67 = G4) with a median
+previous standard-normal draw, mapped to a latent by the model's prior: N(0, I), or a Gaussian
+fitted to the training windows), all centred on ``ref_pitch`` (MIDI, default 67 = G4) with a median
 inter-onset interval of half a beat. Durations are snapped to a grid of common note values
 (1/4 to 4 beats), and the melody is cut at the last bar line.
 """
@@ -66,13 +67,13 @@ def sample_melodies(
     d = encoder.latent_dim
     L = encoder.config.window_length
     per = int(np.ceil(4.0 * bars / (0.5 * L))) + 1  # windows needed at ~half a beat per note
-    z = rng.standard_normal((n, d)).astype(np.float32)
+    eps = rng.standard_normal((n, d)).astype(np.float32)
     pitch = np.empty((n, per, L), np.int64)
     rhythm = np.empty((n, per, L), np.int64)
     for k in range(per):
-        pk, rk = encoder.decode(z, temperature=temperature, seed=seed * 1000 + k)
+        pk, rk = encoder.decode(encoder.prior_latents(eps), temperature=temperature, seed=seed * 1000 + k)
         pitch[:, k], rhythm[:, k] = pk, rk
-        z = (0.85 * z + np.sqrt(1 - 0.85**2) * rng.standard_normal((n, d))).astype(np.float32)
+        eps = (0.85 * eps + np.sqrt(1 - 0.85**2) * rng.standard_normal((n, d))).astype(np.float32)
     return [_assemble(pitch[i], rhythm[i], bars=bars, ref_pitch=ref_pitch) for i in range(n)]
 
 

@@ -34,7 +34,10 @@ from ..fingerprint.windows import PITCH_PAD, RHYTHM_PAD, encode_notes
 from .config import VAEConfig
 from .vae import MelodyVAE
 
-__all__ = ["PHASE2", "TrainConfig", "WindowSampler", "init_from", "train_vae", "vae_loss"]
+#: Training windows the generation prior (``VAEConfig.fitted_prior``) is fitted to.
+PRIOR_WINDOWS = 65536
+
+__all__ = ["PHASE2", "PRIOR_WINDOWS", "TrainConfig", "WindowSampler", "init_from", "train_vae", "vae_loss"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,12 @@ class TrainConfig:
     freeze_fingerprint: bool = False
 
 
-#: Second-phase settings (``--freeze-fingerprint``) per preset: reconstruction and KL only,
-#: a low beta so that the detail dimensions carry the notes.
+#: Second-phase settings (``--freeze-fingerprint``) per preset: reconstruction and KL only.
+#: beta 0.03 lets the detail dimensions carry the notes (0.98 of held-out notes from mu) while
+#: the fitted prior still generates like the first phase (0.002: 0.99, but wandering melodies);
+#: 600 steps keep both phases within the hour (docs/benchmarks.md, "Reconstruction").
 PHASE2: dict[str, TrainConfig] = {
-    "default-detail": TrainConfig(steps=4000, lr=2e-3, beta=0.002, anneal_frac=0.2, word_dropout=0.3,
+    "default-detail": TrainConfig(steps=600, lr=2e-3, beta=0.03, anneal_frac=0.2, word_dropout=0.0,
                                   contrastive_weight=0.0, freeze_fingerprint=True),
     "tiny-detail": TrainConfig(steps=3, batch_size=16, threads=1, contrastive_weight=0.0, freeze_fingerprint=True),
 }
@@ -282,6 +287,10 @@ def train_vae(
                 log.flush()
     bar.close()
     model.eval()
+    if model_config.fitted_prior:
+        # the generation prior: the aggregate posterior of the training windows
+        windows = sampler.sample(PRIOR_WINDOWS, levels=cfg.levels, short_prob=0.0, pairs=False)
+        model.fit_prior(windows["a_pitch"], windows["a_rhythm"])
     return model, {
         "steps": step,
         "seconds": round(time.perf_counter() - t0, 1),

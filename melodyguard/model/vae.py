@@ -8,7 +8,9 @@ length; ``mu`` and ``logvar`` are ``(batch, latent_dim)``.
 The first ``fingerprint_dim`` latent dimensions are the fingerprint. With ``detail_layers`` a
 second, independent encoder yields the others, so the decoder side can be retrained while the
 fingerprint path (:meth:`MelodyVAE.fingerprint_parameters`) stays frozen; with ``z_tokens`` the
-decoder also attends to z turned into that many prefix vectors.
+decoder also attends to z turned into that many prefix vectors. With ``parallel_decoder`` the
+decoder reads no previous tokens: L position queries attend to each other and to z, and every
+note is predicted at once (greedy decoding is then the exact most probable window).
 """
 
 from __future__ import annotations
@@ -53,12 +55,17 @@ class MelodyVAE(nn.Module):
             self.det_cls = nn.Parameter(torch.randn(1, 1, c.d_model) * 0.02)
             self.det_encoder = _stack(c, c.detail_layers)
             self.det_norm = nn.LayerNorm(c.d_model)
-            self.det_mu = nn.Linear(2 * c.d_model, D)
-            self.det_logvar = nn.Linear(2 * c.d_model, D)
-        self.dec_pitch = nn.Embedding(N_PITCH_TOKENS, c.d_model)
-        self.dec_rhythm = nn.Embedding(N_RHYTHM_TOKENS, c.d_model)
+            width = L * c.d_model if c.detail_flat else 2 * c.d_model
+            self.det_mu = nn.Linear(width, D)
+            self.det_logvar = nn.Linear(width, D)
+        if not c.parallel_decoder:
+            self.dec_pitch = nn.Embedding(N_PITCH_TOKENS, c.d_model)
+            self.dec_rhythm = nn.Embedding(N_RHYTHM_TOKENS, c.d_model)
         self.dec_pos = nn.Parameter(torch.randn(1, L, c.d_model) * 0.02)
         self.z_in = nn.Linear(c.latent_dim, c.d_model)
+        if c.parallel_decoder:
+            # each position's query also gets its own projection of z
+            self.z_seq = nn.Linear(c.latent_dim, L * c.d_model)
         if c.z_tokens:
             # z also becomes a prefix of z_tokens vectors that every position attends to: one
             # vector added everywhere is too narrow a channel for a note-exact reconstruction.
@@ -68,6 +75,9 @@ class MelodyVAE(nn.Module):
         self.dec_norm = nn.LayerNorm(c.d_model)
         self.out_pitch = nn.Linear(c.d_model, N_PITCH_TOKENS)
         self.out_rhythm = nn.Linear(c.d_model, N_RHYTHM_TOKENS)
+        if c.fitted_prior:  # set by fit_prior after training; N(0, I) until then
+            self.register_buffer("prior_mean", torch.zeros(c.latent_dim))
+            self.register_buffer("prior_scale", torch.eye(c.latent_dim))
         K = c.z_tokens
         causal = torch.triu(torch.full((K + L, K + L), float("-inf")), diagonal=1)
         causal[:, :K] = 0.0  # the prefix is visible to all, and sees itself whole
@@ -77,14 +87,20 @@ class MelodyVAE(nn.Module):
     def _features(
         pitch: torch.Tensor, rhythm: torch.Tensor, emb_p: nn.Embedding, emb_r: nn.Embedding,
         pos: torch.Tensor, cls: torch.Tensor, stack: nn.TransformerEncoder, norm: nn.LayerNorm,
+        flat_length: int = 0,
     ) -> torch.Tensor:
-        """[CLS output, mean of the note outputs] of one transformer stack, ``(B, 2 d_model)``."""
+        """[CLS output, mean of the note outputs] of one transformer stack, ``(B, 2 d_model)``;
+        with ``flat_length`` the note outputs themselves, padding zeroed and padded to that
+        many notes, ``(B, flat_length * d_model)``."""
         B, L = pitch.shape
         x = emb_p(pitch) + emb_r(rhythm)
         x = torch.cat([cls.expand(B, 1, -1), x], 1) + pos[:, : L + 1]
         pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool), pitch == PITCH_PAD], 1)
         h = norm(stack(x, src_key_padding_mask=pad))
         keep = (~pad[:, 1:]).unsqueeze(-1).float()
+        if flat_length:
+            notes = nn.functional.pad(h[:, 1:] * keep, (0, 0, 0, flat_length - L))
+            return notes.reshape(B, -1)
         pooled = (h[:, 1:] * keep).sum(1) / keep.sum(1).clamp(min=1.0)
         return torch.cat([h[:, 0], pooled], -1)
 
@@ -105,10 +121,36 @@ class MelodyVAE(nn.Module):
         mu, logvar = self.to_mu(feat), self.to_logvar(feat)
         if self.config.detail_layers:
             det = self._features(pitch, rhythm, self.det_pitch, self.det_rhythm, self.det_pos, self.det_cls,
-                                 self.det_encoder, self.det_norm)
+                                 self.det_encoder, self.det_norm,
+                                 flat_length=self.config.window_length if self.config.detail_flat else 0)
             mu = torch.cat([mu, self.det_mu(det)], -1)
             logvar = torch.cat([logvar, self.det_logvar(det)], -1)
         return mu, logvar.clamp(-10.0, 10.0)
+
+    def prior_latents(self, eps: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, latent_dim)`` for standard-normal draws ``eps``: ``eps`` itself under
+        the N(0, I) prior, ``mean + scale @ eps`` under a fitted one."""
+        if not self.config.fitted_prior:
+            return eps
+        mean: torch.Tensor = self.prior_mean  # type: ignore[assignment]
+        scale: torch.Tensor = self.prior_scale  # type: ignore[assignment]
+        return mean + eps @ scale.T
+
+    @torch.no_grad()
+    def fit_prior(self, pitch: torch.Tensor, rhythm: torch.Tensor, *, batch_size: int = 2048) -> None:
+        """Fit the generation prior to the posterior means of token windows ``(n, L)``: their
+        mean and the Cholesky factor of their covariance (a small ridge keeps it definite)."""
+        if not self.config.fitted_prior:
+            raise ValueError("this config has no fitted prior (fitted_prior=False)")
+        was = self.training
+        self.eval()
+        mu = torch.cat([self.encode(pitch[i:i + batch_size], rhythm[i:i + batch_size])[0]
+                        for i in range(0, pitch.shape[0], batch_size)]).double()
+        self.train(was)
+        mean = mu.mean(0)
+        cov = torch.cov(mu.T) + 1e-4 * torch.eye(mu.shape[1], dtype=mu.dtype)
+        self.prior_mean.copy_(mean.float())  # type: ignore[operator]
+        self.prior_scale.copy_(torch.linalg.cholesky(cov).float())  # type: ignore[operator]
 
     def _decode_inputs(self, z: torch.Tensor, prev_p: torch.Tensor, prev_r: torch.Tensor) -> torch.Tensor:
         n = prev_p.shape[1]
@@ -123,6 +165,18 @@ class MelodyVAE(nn.Module):
             h = self.decoder(x, mask=causal[:n, :n], is_causal=True)
         return self.dec_norm(h)
 
+    def _parallel_logits(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, L, n_tokens)`` of the parallel decoder: position queries plus z, with
+        the z prefix, under full (non-causal) attention."""
+        L = self.config.window_length
+        K = self.config.z_tokens
+        x = self.dec_pos[:, :L] + self.z_in(z).unsqueeze(1) + self.z_seq(z).view(z.shape[0], L, -1)
+        if K:
+            prefix = self.z_prefix(z).view(z.shape[0], K, -1) + self.z_prefix_pos
+            x = torch.cat([prefix, x], 1)
+        h = self.dec_norm(self.decoder(x)[:, K:])
+        return self.out_pitch(h), self.out_rhythm(h)
+
     def decode(
         self,
         z: torch.Tensor,
@@ -131,7 +185,10 @@ class MelodyVAE(nn.Module):
         *,
         word_dropout: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced logits ``(B, L, n_tokens)`` for the target tokens."""
+        """Teacher-forced logits ``(B, L, n_tokens)`` for the target tokens (the parallel
+        decoder reads only ``z``)."""
+        if self.config.parallel_decoder:
+            return self._parallel_logits(z)
         B, L = pitch.shape
         prev_p = torch.cat([torch.full((B, 1), PITCH_PAD, dtype=pitch.dtype), pitch[:, :-1]], 1)
         prev_r = torch.cat([torch.full((B, 1), RHYTHM_PAD, dtype=rhythm.dtype), rhythm[:, :-1]], 1)
@@ -146,7 +203,18 @@ class MelodyVAE(nn.Module):
     def sample_tokens(
         self, z: torch.Tensor, *, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode autoregressively; greedy when ``temperature`` is 0."""
+        """Decode autoregressively (the parallel decoder: every position at once); greedy when
+        ``temperature`` is 0."""
+        if self.config.parallel_decoder:
+            lp, lr = self._parallel_logits(z)
+            lp[..., PITCH_PAD] = -1e9
+            lr[..., RHYTHM_PAD] = -1e9
+            if temperature <= 0:
+                return lp.argmax(-1), lr.argmax(-1)
+            B, L, _ = lp.shape
+            p = torch.multinomial(torch.softmax(lp / temperature, -1).view(B * L, -1), 1, generator=generator)
+            r = torch.multinomial(torch.softmax(lr / temperature, -1).view(B * L, -1), 1, generator=generator)
+            return p.view(B, L), r.view(B, L)
         B = z.shape[0]
         L = self.config.window_length
         prev_p = torch.full((B, 1), PITCH_PAD, dtype=torch.long)
@@ -169,7 +237,10 @@ class MelodyVAE(nn.Module):
     @torch.no_grad()
     def beam_tokens(self, z: torch.Tensor, *, beam: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
         """The most probable windows given ``z`` by beam search over joint (pitch, rhythm) steps;
-        ``beam=1`` is greedy decoding."""
+        ``beam=1`` is greedy decoding. The parallel decoder's notes are independent given z, so
+        its greedy window is already the most probable one."""
+        if self.config.parallel_decoder:
+            return self.sample_tokens(z, temperature=0.0)
         B = z.shape[0]
         L = self.config.window_length
         K = max(1, int(beam))
