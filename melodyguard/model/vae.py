@@ -166,8 +166,8 @@ class MelodyVAE(nn.Module):
         return self.dec_norm(h)
 
     def _parallel_logits(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, L, n_tokens)`` of the parallel decoder: position queries plus z, with
-        the z prefix, under full (non-causal) attention."""
+        """Logits ``(B, L, n_tokens)`` of the parallel decoder: position queries plus z (and
+        the z prefix when ``z_tokens``), under full (non-causal) attention."""
         L = self.config.window_length
         K = self.config.z_tokens
         x = self.dec_pos[:, :L] + self.z_in(z).unsqueeze(1) + self.z_seq(z).view(z.shape[0], L, -1)
