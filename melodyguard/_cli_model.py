@@ -11,8 +11,11 @@ from .cli import EXIT_OK, command
 
 
 def _setup_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="default", help="model preset: default, default-detail (a second phase: with --init-from "
-                   "and --freeze-fingerprint), small, tiny")
+    p.add_argument("--preset", default="default-detail",
+                   help="model preset (default: default-detail, the shipped weights' recipe: phase 1 "
+                   "is the 'default' preset, phase 2 trains the decoder with its fingerprint frozen; "
+                   "with --init-from W --freeze-fingerprint only phase 2, from W); 'default' (phase "
+                   "1 alone), 'small', 'tiny'")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--corpus", type=Path, default=None, help="corpus cache (default: scripts/build_corpus.py's)")

@@ -115,7 +115,7 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
     dt = time.perf_counter() - t0
     out["embed_windows_per_s"] = round(len(P) / dt, 1)
 
-    # Reconstruction from mu (greedy, autoregressive), KL and active dimensions.
+    # Reconstruction from mu (greedy), KL and active dimensions.
     sub = rng.choice(len(P), size=min(5000, len(P)), replace=False)
 
     def reconstruct(beam: int) -> tuple[np.ndarray, np.ndarray]:

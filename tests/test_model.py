@@ -10,7 +10,7 @@ import numpy as np
 import pretty_midi
 import pytest
 import torch
-from conftest import random_melody
+from conftest import melody_midi, random_melody
 
 from melodyguard import Melody, cli
 from melodyguard.corpus import HELDOUT_COLLECTIONS
@@ -200,6 +200,30 @@ def test_second_phase_keeps_the_fingerprint_and_the_catalogue(tiny_weights, tmp_
     run_training(preset="tiny", midi_dir=midi, run_dir=tmp_path / "run2", out=other, steps=2, seed=3, progress=False)
     with pytest.raises(IndexVersionError, match="encoder"):
         Catalogue(cat_dir, encoder=Encoder.load(other))
+
+
+def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
+    """A two-phase preset without --init-from trains its first phase, then the second from it
+    with the fingerprint frozen; a second run reuses the finished first phase."""
+    from melodyguard.model.training_job import run_training
+
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for i in range(4):
+        (midi / f"m{i}.mid").write_bytes(melody_midi(*random_melody(rng, 28)))
+    run = tmp_path / "run"
+    man = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w.pt", steps=2,
+                       batch_size=8, progress=False)
+    first = Encoder.load(run / "phase1.pt")
+    assert first.config.name == "tiny" and first.manifest["training"]["steps"] == 2
+    assert man["preset"] == "tiny-detail" and man["training"]["steps"] == 2
+    assert man["training"]["init_from"]["preset"] == "tiny" and man["training"]["init_from"]["frozen_fingerprint"]
+    assert man["fingerprint_id"] == first.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
+    stamp = (run / "phase1.pt").stat().st_mtime_ns
+    again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
+                         batch_size=8, progress=False)
+    assert (run / "phase1.pt").stat().st_mtime_ns == stamp
+    assert again["training"]["init_from"]["sha256"] == first.manifest["sha256"]
 
 
 def test_freezing_needs_initial_weights_that_fit(tiny_weights, tmp_path):

@@ -13,7 +13,11 @@ from .config import preset as get_preset
 from .encoder import save_weights
 from .train import PHASE2, TrainConfig, train_vae
 
-__all__ = ["run_training"]
+__all__ = ["FIRST_PHASE", "run_training"]
+
+#: Presets trained in two phases: the first phase's preset (the fingerprint), then this one
+#: with the fingerprint frozen. ``run_training`` runs both when no ``init_from`` is given.
+FIRST_PHASE: dict[str, str] = {"default-detail": "default", "tiny-detail": "tiny"}
 
 
 def _melodies_from_dir(folder: Path) -> list[Any]:
@@ -33,7 +37,7 @@ def _melodies_from_dir(folder: Path) -> list[Any]:
 
 def run_training(
     *,
-    preset: str = "default",
+    preset: str = "default-detail",
     steps: int | None = None,
     batch_size: int | None = None,
     corpus: Path | None = None,
@@ -49,12 +53,22 @@ def run_training(
 
     ``init_from`` (weights with a manifest, verified on load) initialises every tensor that
     fits the preset; ``freeze_fingerprint`` then trains only the detail encoder and the
-    decoder, with the preset's second-phase settings (``PHASE2``).
+    decoder, with the preset's second-phase settings (``PHASE2``). A two-phase preset
+    (``FIRST_PHASE``, e.g. ``default-detail``) without ``init_from`` trains its first phase
+    into ``run_dir/phase1.pt`` (checkpoints in ``run_dir/phase1``; reused when finished) and
+    then the second from it; ``steps`` and ``batch_size`` then apply to both phases.
     Returns the manifest written beside ``out``.
     """
     cfg = get_preset(preset)
     if freeze_fingerprint and init_from is None:
         raise ConfigError("--freeze-fingerprint needs --init-from WEIGHTS")
+    if init_from is None and preset in FIRST_PHASE:
+        init_from = Path(run_dir) / "phase1.pt"
+        if not (init_from.is_file() and init_from.with_suffix(".manifest.json").is_file()):
+            run_training(preset=FIRST_PHASE[preset], steps=steps, batch_size=batch_size, corpus=corpus,
+                         midi_dir=midi_dir, run_dir=Path(run_dir) / "phase1", out=init_from, seed=seed,
+                         progress=progress)
+        freeze_fingerprint = True
     init_state, init_manifest = None, None
     if init_from is not None:
         from .encoder import Encoder
