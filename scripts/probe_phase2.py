@@ -1,7 +1,14 @@
-"""Probe a second training phase: the shipped fingerprint frozen, a detail encoder and the
-decoder trained for a few steps; prints greedy reconstruction from mu on held-out windows.
+"""Probe a second training phase: a fingerprint frozen, a detail encoder and the decoder
+trained for a few steps; prints greedy reconstruction from mu on held-out windows.
 
-    python scripts/probe_phase2.py --steps 1500 --beta 0.002 --lr 2e-3 --z-tokens 8
+    python scripts/probe_phase2.py --steps 600 --beta 0.03 --z-tokens 0 --parallel --flat \
+        --init-from phase1.pt
+
+Every tensor of ``--init-from`` that fits is copied (default: the shipped weights, which are
+already a second phase). The probes in docs/benchmarks.md started from the first phase alone,
+the weights shipped before the fourteenth session (sha256 6349a63d…):
+``git show 45e5764~1:melodyguard/weights/default.pt > phase1.pt`` and the same for
+``default.manifest.json`` (as ``phase1.manifest.json``).
 
 Measures 3,000 held-out windows (600 tunes, every 4th window): a quicker, smaller sample than
 ``benchmark.py --sections model`` (5,000 windows), for comparing settings, not for the record.
@@ -61,6 +68,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--out", type=Path, default=None, help="also save the probe's weights (with a manifest) here")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/probe-phase2"))
+    ap.add_argument("--init-from", type=Path, default=DEFAULT_WEIGHTS,
+                    help="weights to start from (verified with their manifest; default: the shipped ones)")
     a = ap.parse_args()
     train = [t.melody for t in load_corpus(None, splits=["train"], collections=TRAIN_COLLECTIONS)]
     P, R = heldout_windows()
@@ -73,7 +82,7 @@ def main() -> int:
                      batch_size=a.batch_size)
     t0 = time.time()
     model, summary = train_vae(train, model_config=cfg, train_config=tc, run_dir=a.run_dir, progress=True,
-                               init_state=torch.load(DEFAULT_WEIGHTS, weights_only=True))
+                               init_state=Encoder.load(a.init_from).model.state_dict())
     enc, shipped = Encoder(model, {}), Encoder.load()
     if a.out is not None:
         save_weights(model, a.out, extra={"training": {"probe": vars(a) | {"run_dir": str(a.run_dir), "out": str(a.out)},
