@@ -275,8 +275,6 @@ def _log_prob(model, z, p, r):
 def test_beam_search_finds_the_most_probable_window(rng, parallel):
     """An exhaustive search over two-note windows agrees with the beam search; for the
     parallel decoder, whose notes are independent given z, greedy decoding already does."""
-    import dataclasses
-
     from melodyguard.fingerprint.windows import (
         N_PITCH_TOKENS,
         N_RHYTHM_TOKENS,
@@ -347,7 +345,7 @@ def test_fitted_prior_matches_the_posterior_means(rng):
     from melodyguard.model.vae import MelodyVAE
 
     torch.manual_seed(int(rng.integers(1 << 30)))
-    cfg = dataclasses.replace(preset("tiny-detail"), fitted_prior=True)
+    cfg = preset("tiny-detail")
     model = MelodyVAE(cfg).eval()
     eps = torch.randn(3, cfg.latent_dim)
     assert torch.equal(model.prior_latents(eps), eps)  # N(0, I) until fitted
@@ -373,7 +371,7 @@ def test_fitted_prior_is_trained_saved_and_used_by_generation(tmp_path, rng):
     from melodyguard.model.generate import sample_melodies
 
     mels = [Melody.from_notes(*random_melody(rng, 30)) for _ in range(6)]
-    cfg = dataclasses.replace(preset("tiny-detail"), fitted_prior=True, name="tiny-prior")
+    cfg = preset("tiny-detail")
     model, _ = train_vae(mels, model_config=cfg, train_config=TrainConfig(steps=2, batch_size=8, threads=1),
                          run_dir=tmp_path / "run", progress=False)
     assert not torch.equal(model.prior_scale, torch.eye(cfg.latent_dim))

@@ -199,6 +199,23 @@ class MelodyVAE(nn.Module):
         h = self._decode_inputs(z, prev_p, prev_r)
         return self.out_pitch(h), self.out_rhythm(h)
 
+    @staticmethod
+    def _pick(
+        lp: torch.Tensor, lr: torch.Tensor, *, temperature: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens from logits ``(..., n_tokens)``, padding never emitted: the argmax at
+        temperature 0, else one draw per position (pitch first, then rhythm)."""
+        lp[..., PITCH_PAD] = -1e9
+        lr[..., RHYTHM_PAD] = -1e9
+        if temperature <= 0:
+            return lp.argmax(-1), lr.argmax(-1)
+
+        def draw(logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(logits / temperature, -1).reshape(-1, logits.shape[-1])
+            return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
+
+        return draw(lp), draw(lr)
+
     @torch.no_grad()
     def sample_tokens(
         self, z: torch.Tensor, *, temperature: float = 1.0, generator: torch.Generator | None = None
@@ -206,32 +223,16 @@ class MelodyVAE(nn.Module):
         """Decode autoregressively (the parallel decoder: every position at once); greedy when
         ``temperature`` is 0."""
         if self.config.parallel_decoder:
-            lp, lr = self._parallel_logits(z)
-            lp[..., PITCH_PAD] = -1e9
-            lr[..., RHYTHM_PAD] = -1e9
-            if temperature <= 0:
-                return lp.argmax(-1), lr.argmax(-1)
-            B, L, _ = lp.shape
-            p = torch.multinomial(torch.softmax(lp / temperature, -1).view(B * L, -1), 1, generator=generator)
-            r = torch.multinomial(torch.softmax(lr / temperature, -1).view(B * L, -1), 1, generator=generator)
-            return p.view(B, L), r.view(B, L)
+            return self._pick(*self._parallel_logits(z), temperature=temperature, generator=generator)
         B = z.shape[0]
         L = self.config.window_length
         prev_p = torch.full((B, 1), PITCH_PAD, dtype=torch.long)
         prev_r = torch.full((B, 1), RHYTHM_PAD, dtype=torch.long)
         for _ in range(L):
             h = self._decode_inputs(z, prev_p, prev_r)[:, -1]
-            lp, lr = self.out_pitch(h), self.out_rhythm(h)
-            lp[:, PITCH_PAD] = -1e9  # never emit padding
-            lr[:, RHYTHM_PAD] = -1e9
-            if temperature <= 0:
-                p = lp.argmax(-1, keepdim=True)
-                r = lr.argmax(-1, keepdim=True)
-            else:
-                p = torch.multinomial(torch.softmax(lp / temperature, -1), 1, generator=generator)
-                r = torch.multinomial(torch.softmax(lr / temperature, -1), 1, generator=generator)
-            prev_p = torch.cat([prev_p, p], 1)
-            prev_r = torch.cat([prev_r, r], 1)
+            p, r = self._pick(self.out_pitch(h), self.out_rhythm(h), temperature=temperature, generator=generator)
+            prev_p = torch.cat([prev_p, p.unsqueeze(1)], 1)
+            prev_r = torch.cat([prev_r, r.unsqueeze(1)], 1)
         return prev_p[:, 1:], prev_r[:, 1:]
 
     @torch.no_grad()
