@@ -387,3 +387,64 @@ def test_fitted_prior_is_trained_saved_and_used_by_generation(tmp_path, rng):
     b = sample_melodies(enc, 2, bars=2, seed=4)
     assert any(not np.array_equal(x.pitches, y.pitches) or not np.array_equal(x.durations_beats, y.durations_beats)
                for x, y in zip(a, b))
+
+
+def _loss_with(model, batch, memory, seed=0):
+    from melodyguard.model.train import vae_loss
+
+    torch.manual_seed(seed)
+    return vae_loss(model, batch, cfg=TrainConfig(), beta=0.1, memory=memory)[1]["con"]
+
+
+def test_cross_batch_memory_adds_negatives_but_never_the_windows_own_copies(rng):
+    from melodyguard.model.train import NegativeMemory, WindowSampler, window_keys
+    from melodyguard.model.vae import MelodyVAE
+
+    torch.manual_seed(0)
+    model = MelodyVAE(preset("tiny")).eval()
+    mels = [Melody.from_notes(*random_melody(rng, 30)) for _ in range(8)]
+    batch = WindowSampler(mels, length=16, seed=1).sample(16, levels=TrainConfig().levels, short_prob=0.0)
+    dim = model.config.fingerprint_dim
+    with torch.no_grad():
+        za = torch.nn.functional.normalize(model.encode(batch["a_pitch"], batch["a_rhythm"])[0][:, :dim], dim=-1)
+        zb = torch.nn.functional.normalize(model.encode(batch["b_pitch"], batch["b_rhythm"])[0][:, :dim], dim=-1)
+    keys = window_keys(batch["a_pitch"], batch["a_rhythm"])
+    # A batch of one window's copies: each copy's only candidates are itself (the others are
+    # the same window), so the contrastive term is 0.
+    one = {k: v[:1].repeat(4, 1) for k, v in batch.items()}
+    assert _loss_with(model, one, None) == pytest.approx(0.0, abs=1e-6)
+    # That window's views in the memory (the same key) are not its negatives: still 0.
+    own = NegativeMemory(64, dim)
+    own.push(za[:1].repeat(3, 1), zb[:1].repeat(3, 1), keys[:1].repeat(3))
+    assert own.filled == 3 and _loss_with(model, one, own) == pytest.approx(0.0, abs=1e-6)
+    # The same vectors under another key are the hardest negatives: log(1 + 3) each way.
+    other = NegativeMemory(64, dim)
+    other.push(za[:1].repeat(3, 1), zb[:1].repeat(3, 1), keys[:1].repeat(3) + 1)
+    assert _loss_with(model, one, other) == pytest.approx(np.log(4), rel=1e-4)
+    # Other windows' memories raise the loss of a real batch.
+    plain = _loss_with(model, batch, None)
+    more = NegativeMemory(64, dim)
+    more.push(za, zb, keys + 1)
+    assert _loss_with(model, batch, more) > plain + 0.1
+    # Pushing wraps around the ring; equal windows get equal keys, others differ.
+    ring = NegativeMemory(20, dim)
+    for k in range(3):
+        ring.push(za[:8] * 0 + k, zb[:8], torch.arange(8) + 100 * k)
+    assert ring.filled == 20 and ring.pos == 4
+    assert torch.equal(ring.keys[16:], torch.arange(200, 204)) and torch.equal(ring.keys[:4], torch.arange(204, 208))
+    assert torch.equal(ring.keys[8:16], torch.arange(100, 108))
+    assert float(ring.a[0, 0]) == 2.0 and float(ring.a[8, 0]) == 1.0
+    same = window_keys(batch["a_pitch"][:1].repeat(2, 1), batch["a_rhythm"][:1].repeat(2, 1))
+    assert same[0] == same[1] and len(set(keys.tolist())) == len({tuple(r) for r in
+                                                                   torch.cat([batch["a_pitch"], batch["a_rhythm"]], 1).tolist()})
+
+
+def test_training_with_a_memory_checkpoints_and_resumes_it(tmp_path, rng):
+    mels = [Melody.from_notes(*random_melody(rng, 24)) for _ in range(6)]
+    cfg = TrainConfig(steps=3, batch_size=8, threads=1, checkpoint_every=1, memory_size=32, memory_warmup=1)
+    train_vae(mels, model_config=preset("tiny"), train_config=cfg, run_dir=tmp_path, progress=False)
+    mem = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["memory"]
+    assert mem["filled"] == 16 and mem["pos"] == 16  # steps 1 and 2 pushed; step 0 was the warm-up
+    cfg2 = dataclasses.replace(cfg, steps=5)
+    _, s = train_vae(mels, model_config=preset("tiny"), train_config=cfg2, run_dir=tmp_path, progress=False)
+    assert s["steps"] == 5 and torch.load(tmp_path / "checkpoint.pt", weights_only=False)["memory"]["filled"] == 32
