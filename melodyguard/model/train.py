@@ -10,10 +10,7 @@ Objective per batch of windows A and edited views B of the same windows:
   neighbours in the batch. B is A's window edited by :mod:`melodyguard.augment` (light, medium
   or heavy), shifted by up to one note and sometimes cut to 8-15 notes. This is what makes the
   latent a retrieval space and not only a reconstruction space. Pairs whose clean windows are
-  identical (stock material repeated across tunes) are not counted as negatives. With
-  ``memory_size`` > 0 the fingerprints of the last batches (a cross-batch memory, detached) are
-  further negatives once ``memory_warmup`` steps have passed: retrieval among 100k windows
-  needs the many near neighbours one batch of 256 does not hold.
+  identical (stock material repeated across tunes) are not counted as negatives.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ from .vae import MelodyVAE
 #: Training windows the generation prior (``VAEConfig.fitted_prior``) is fitted to.
 PRIOR_WINDOWS = 65536
 
-__all__ = ["PHASE2", "PRIOR_WINDOWS", "NegativeMemory", "TrainConfig", "WindowSampler", "init_from", "train_vae", "vae_loss"]
+__all__ = ["PHASE2", "PRIOR_WINDOWS", "TrainConfig", "WindowSampler", "init_from", "train_vae", "vae_loss"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +57,6 @@ class TrainConfig:
     #: probabilities of the edit level for view B (none = shift only)
     levels: tuple[tuple[str, float], ...] = (("none", 0.1), ("light", 0.3), ("medium", 0.35), ("heavy", 0.25))
     short_prob: float = 0.15
-    #: fingerprints of this many past windows (A and B views, detached) serve as extra
-    #: negatives (a cross-batch memory), from step ``memory_warmup`` on; 0 = in-batch only
-    memory_size: int = 0
-    memory_warmup: int = 1000
     #: keep the fingerprint path (see ``MelodyVAE.fingerprint_parameters``) as initialised and
     #: train only the rest: the detail encoder, the variances and the decoder. Catalogues built
     #: with the initial weights stay valid. Needs initial weights; the contrastive term is moot.
@@ -144,45 +137,9 @@ class WindowSampler:
         return out
 
 
-def window_keys(pitch: torch.Tensor, rhythm: torch.Tensor) -> torch.Tensor:
-    """One int64 per token window (a polynomial hash, wrapping): equal windows, equal keys."""
-    key = pitch * 16 + rhythm
-    # tokens < 2**12 and weights < 2**31: the sum of 16 products cannot overflow
-    weights = torch.tensor([pow(1_000_003, i, (1 << 31) - 1) for i in range(key.shape[1])], dtype=torch.int64)
-    return (key * weights).sum(1)
-
-
-class NegativeMemory:
-    """A ring buffer of past fingerprints (A and B views, unit length) and their window keys."""
-
-    def __init__(self, size: int, dim: int) -> None:
-        self.a = torch.zeros(size, dim)
-        self.b = torch.zeros(size, dim)
-        self.keys = torch.zeros(size, dtype=torch.int64)
-        self.filled = 0
-        self.pos = 0
-
-    def push(self, za: torch.Tensor, zb: torch.Tensor, keys: torch.Tensor) -> None:
-        n = min(za.shape[0], self.a.shape[0])
-        idx = (self.pos + torch.arange(n)) % self.a.shape[0]
-        self.a[idx], self.b[idx], self.keys[idx] = za[:n].detach(), zb[:n].detach(), keys[:n]
-        self.pos = int((self.pos + n) % self.a.shape[0])
-        self.filled = min(self.a.shape[0], self.filled + n)
-
-    def state(self) -> dict[str, Any]:
-        return {"a": self.a, "b": self.b, "keys": self.keys, "filled": self.filled, "pos": self.pos}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.a, self.b, self.keys = state["a"], state["b"], state["keys"]
-        self.filled, self.pos = int(state["filled"]), int(state["pos"])
-
-
 def vae_loss(
-    model: MelodyVAE, batch: dict[str, torch.Tensor], *, cfg: TrainConfig, beta: float,
-    memory: NegativeMemory | None = None,
+    model: MelodyVAE, batch: dict[str, torch.Tensor], *, cfg: TrainConfig, beta: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The batch's loss and metrics; with a (filled) ``memory``, its fingerprints are extra
-    negatives of the contrastive term, and the batch's own are pushed into it afterwards."""
     ap, ar = batch["a_pitch"], batch["a_rhythm"]
     mu, logvar = model.encode(ap, ar)
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
@@ -207,23 +164,12 @@ def vae_loss(
     zb = F.normalize(mu_b[:, :R], dim=-1)
     logits = za @ zb.T / cfg.temperature
     # Identical clean windows are not negatives of each other.
-    keys = window_keys(ap, ar)
-    same = keys.unsqueeze(1) == keys.unsqueeze(0)
+    key = ap * 16 + ar
+    same = (key.unsqueeze(1) == key.unsqueeze(0)).all(-1)
     eye = torch.eye(same.shape[0], dtype=torch.bool)
     logits = logits.masked_fill(same & ~eye, -1e4)
     target = torch.arange(logits.shape[0])
-    if memory is not None and memory.filled:
-        n = memory.filled  # copies: the memory is updated in place before backward
-        mem_a, mem_b = memory.a[:n].clone(), memory.b[:n].clone()
-        mem_same = keys.unsqueeze(1) == memory.keys[:n].unsqueeze(0)
-        to_b = (za @ mem_b.T / cfg.temperature).masked_fill(mem_same, -1e4)
-        to_a = (zb @ mem_a.T / cfg.temperature).masked_fill(mem_same, -1e4)
-        con = 0.5 * (F.cross_entropy(torch.cat([logits, to_b], 1), target)
-                     + F.cross_entropy(torch.cat([logits.T, to_a], 1), target))
-    else:
-        con = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    if memory is not None:
-        memory.push(za, zb, keys)
+    con = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     loss = rec + beta * kl + cfg.contrastive_weight * con
     with torch.no_grad():
         acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
@@ -293,7 +239,6 @@ def train_vae(
         param.requires_grad_(name not in frozen)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     step, elapsed = 0, 0.0
-    memory = NegativeMemory(cfg.memory_size, model_config.fingerprint_dim) if cfg.memory_size else None
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)  # our own checkpoint, never a user upload
@@ -302,8 +247,6 @@ def train_vae(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, elapsed = state["step"], state["elapsed"]
-        if memory is not None and "memory" in state:
-            memory.load(state["memory"])
         sampler.rng = np.random.default_rng(cfg.seed + step)
         torch.manual_seed(cfg.seed + step)
     model.train()
@@ -320,8 +263,7 @@ def train_vae(
             g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
         batch = sampler.sample(cfg.batch_size, levels=cfg.levels, short_prob=cfg.short_prob,
                                pairs=not cfg.freeze_fingerprint)
-        loss, metrics = vae_loss(model, batch, cfg=cfg, beta=beta,
-                                 memory=memory if step >= cfg.memory_warmup else None)
+        loss, metrics = vae_loss(model, batch, cfg=cfg, beta=beta)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -336,7 +278,7 @@ def train_vae(
             torch.save(
                 {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                  "elapsed": time.perf_counter() - t0, "model_config": model_config.to_dict(),
-                 "train_config": asdict(cfg), **({"memory": memory.state()} if memory is not None else {})},
+                 "train_config": asdict(cfg)},
                 tmp,
             )
             tmp.replace(ckpt)
