@@ -26,10 +26,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from melodyguard.align import align_intervals, is_near_duplicate, note_iois  # noqa: E402
+from melodyguard.align import (  # noqa: E402
+    _sw_intervals,
+    align_intervals,
+    interval_features,
+    is_near_duplicate,
+    note_iois,
+)
 from melodyguard.augment import augment  # noqa: E402
 from melodyguard.corpus import (  # noqa: E402
     DEFAULT_COLLECTIONS,
@@ -85,7 +92,27 @@ def timed_checks(queries: list[dict[str, Any]], cat, stages: dict[str, list[floa
         yield q, rep
 
 
-def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: int, seed: int) -> dict[str, Any]:
+@njit(cache=True)
+def _sw_windows(qi, qd, wi, wd, wn):  # pragma: no cover - numba
+    """The baseline's score (:func:`melodyguard.align.align_intervals`) of one query against
+    every window: ``wi``/``wd`` hold each window's intervals and log2 IOI ratios, ``wn`` how
+    many of them are real."""
+    out = np.zeros(wi.shape[0])
+    for k in range(wi.shape[0]):
+        n = wn[k]
+        if n > 0 and qi.shape[0] > 0:
+            out[k] = _sw_intervals(qi, qd, wi[k, :n], wd[k, :n])
+    return out
+
+
+def window_baseline_top1(scores: np.ndarray, hits: np.ndarray) -> float:
+    """Probability that the baseline ranks a right window first, ties in a random order."""
+    top = scores >= scores.max() - 1e-9
+    return float((top & hits).sum() / top.sum())
+
+
+def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: int, seed: int,
+                  baseline_queries: int = 0) -> dict[str, Any]:
     import faiss
     import torch
 
@@ -141,23 +168,42 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
     index.add(V)
     qs = rng.choice(len(P), size=min(n_queries, len(P)), replace=False)
     key = P * 16 + R
+    # The baseline on the first ``baseline_queries`` queries of each level: brute-force
+    # Smith-Waterman (the detection baseline's) of the edited notes against every indexed window.
+    nb = min(baseline_queries, len(qs))
+    if nb:
+        WI = np.zeros((len(P), L - 1))
+        WD = np.zeros((len(P), L - 1))
+        WN = np.zeros(len(P), dtype=np.int64)
+        for k, (ti, s) in enumerate(src):
+            p, o, d = notes_of(tunes[ti].melody)
+            wi, wd = interval_features(p[s:s + L], note_iois(o, d)[s:s + L])
+            WI[k, :wi.size], WD[k, :wd.size], WN[k] = wi, wd, wi.size
+        out["window_baseline_queries"] = nb
     for level in WHOLE_LEVELS:
-        QP, QR = [], []
+        QP, QR, QN = [], [], []
         for i in qs:
             ti, s = src[i]
             p, o, d = notes_of(tunes[ti].melody)
             seg = (p[s:s + L + 6], o[s:s + L + 6], d[s:s + L + 6])
             q, qo, qd = augment(seg, level, rng=rng)
             n = min(L, q.size)
-            pt, rt, _, _ = encode_notes(q[:n], note_iois(qo, qd)[:n], length=L)
+            qi = note_iois(qo, qd)[:n]
+            pt, rt, _, _ = encode_notes(q[:n], qi, length=L)
             QP.append(pt)
             QR.append(rt)
+            QN.append(interval_features(q[:n], qi))
         QV = enc.embed_tokens(np.asarray(QP), np.asarray(QR))
         _, I = index.search(QV, 1)
         top = I[:, 0]
         # A hit: the original window, or one with identical tokens (repeats inside folk tunes).
         hit = (top == qs) | (key[top] == key[qs]).all(1)
         out[f"window_top1_{level}"] = round(float(hit.mean()), 4)
+        if nb:
+            base = [window_baseline_top1(_sw_windows(qi, qd, WI, WD, WN), (key == key[qs[j]]).all(1))
+                    for j, (qi, qd) in enumerate(QN[:nb])]
+            out[f"window_top1_{level}_paired"] = round(float(hit[:nb].mean()), 4)
+            out[f"window_top1_{level}_baseline"] = round(float(np.mean(base)), 4)
     return out
 
 
@@ -1031,6 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-queries", type=int, default=100, help="queries per level also run through the baseline")
     ap.add_argument("--window-index", type=int, default=150_000)
     ap.add_argument("--window-queries", type=int, default=2000)
+    ap.add_argument("--window-baseline-queries", type=int, default=300,
+                    help="window retrieval: queries per level also run through the brute-force alignment baseline")
     ap.add_argument("--index-kind", default="auto")
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -1055,7 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
                                "weights": enc.fingerprint, "pool": a.pool, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
     t0 = time.time()
     if "model" in a.sections:
-        results["model"] = model_section(enc, folk, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed)
+        results["model"] = model_section(enc, folk, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed,
+                                         baseline_queries=a.window_baseline_queries)
         print(json.dumps(results["model"]), flush=True)
     if "generation" in a.sections:
         results["generation"] = generation_section(enc, folk, n=200, seed=a.seed)

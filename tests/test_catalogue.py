@@ -832,6 +832,39 @@ def test_benchmark_counts_verbatim_holders_of_the_copied_notes_as_one(rng):
     assert bench.dups_as_one(np.array([9.0, 5.0]), [2, 3], {0, 1}) == (0.0, 0.0)
 
 
+def test_benchmark_window_baseline_scores_every_window_as_the_baseline_does(rng):
+    """The window-retrieval baseline scores each window exactly as ``align_intervals`` scores
+    its notes (short windows included), and ranks ties in a random order."""
+    import importlib.util
+    from pathlib import Path
+
+    from melodyguard.align import align_intervals, interval_features, note_iois
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_for_test3", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    mels = [random_melody(rng, int(n)) for n in rng.integers(5, 17, size=12)]
+    wi, wd, wn = np.zeros((12, 15)), np.zeros((12, 15)), np.zeros(12, dtype=np.int64)
+    for k, (p, o, d) in enumerate(mels):
+        a, b = interval_features(p, note_iois(o, d))
+        wi[k, :a.size], wd[k, :b.size], wn[k] = a, b, a.size
+    qp, qo, qd = mels[3]
+    q = (qp[1:] + 5, qo[1:] * 2, qd[1:] * 2)  # a transposed, slower cut of window 3
+    qi, qd_ = interval_features(q[0], note_iois(q[1], q[2]))
+    got = bench._sw_windows(qi, qd_, wi, wd, wn)
+    want = [align_intervals(q[0], note_iois(q[1], q[2]), p, note_iois(o, d)) for p, o, d in mels]
+    assert np.allclose(got, want)
+    assert int(np.argmax(got)) == 3
+    hits = np.zeros(12, dtype=bool)
+    hits[3] = True
+    assert bench.window_baseline_top1(got, hits) == 1.0
+    tied = got.copy()
+    tied[[0, 7]] = tied.max()
+    assert bench.window_baseline_top1(tied, hits) == pytest.approx(1 / 3)
+    assert bench.window_baseline_top1(tied, ~hits) == pytest.approx(2 / 3)
+
+
 def _lifted(rng, src, host, *, at: int, n: int, up: int, pace: float):
     """``n`` notes of ``src`` (from note 10), ``up`` semitones higher and ``pace`` times
     slower, inserted into ``host`` before note ``at``."""
