@@ -32,6 +32,38 @@ def test_training_resumes_from_checkpoint(tmp_path, rng):
     assert all(np.isfinite(v) for v in s2["final"].values())
 
 
+def test_fingerprint_first_phase_trains_only_the_fingerprint_path(tmp_path, rng):
+    """``reconstruction=False`` trains the contrastive term alone: the fingerprint path moves,
+    the decoder and the variances stay as initialised, and the loss is the contrastive term.
+    With the fingerprint frozen too there would be nothing to train, which is refused."""
+    from melodyguard.model.train import WindowSampler, vae_loss
+    from melodyguard.model.vae import MelodyVAE
+
+    mels = [Melody.from_notes(*random_melody(rng, 24)) for _ in range(6)]
+    torch.manual_seed(0)
+    init = {k: v.clone() for k, v in MelodyVAE(preset("tiny")).state_dict().items()}
+    cfg = TrainConfig(steps=3, batch_size=8, threads=1, reconstruction=False)
+    model, summary = train_vae(mels, model_config=preset("tiny"), train_config=cfg, run_dir=tmp_path / "a",
+                               progress=False, init_state=init)
+    assert set(summary["final"]) == {"loss", "con", "top1"}
+    fp = {k for k, _ in model.fingerprint_parameters()}
+    state = model.state_dict()
+    moved = {k for k in state if not torch.equal(state[k], init[k])}
+    assert moved and moved <= fp and "encoder.layers.0.linear1.weight" in moved
+    assert torch.equal(state["to_logvar.weight"], init["to_logvar.weight"])
+    # the loss is the joint loss's contrastive term, computed the same way
+    sampler = WindowSampler(mels, length=16, seed=1)
+    batch = sampler.sample(8, levels=cfg.levels, short_prob=cfg.short_prob)
+    model.eval()
+    with torch.no_grad():
+        loss, m = vae_loss(model, batch, cfg=cfg, beta=0.0)
+        _, joint = vae_loss(model, batch, cfg=dataclasses.replace(cfg, reconstruction=True), beta=0.0)
+    assert float(loss) == pytest.approx(m["con"]) and m["con"] == pytest.approx(joint["con"], rel=1e-5)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        train_vae(mels, model_config=preset("tiny"), train_config=dataclasses.replace(cfg, freeze_fingerprint=True),
+                  run_dir=tmp_path / "b", progress=False, init_state=init)
+
+
 def test_embedding_shapes_norm_and_determinism(tiny_weights, rng):
     enc = Encoder.load(tiny_weights)
     mel = Melody.from_notes(*random_melody(rng, 40))

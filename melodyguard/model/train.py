@@ -57,6 +57,11 @@ class TrainConfig:
     #: probabilities of the edit level for view B (none = shift only)
     levels: tuple[tuple[str, float], ...] = (("none", 0.1), ("light", 0.3), ("medium", 0.35), ("heavy", 0.25))
     short_prob: float = 0.15
+    #: False: a fingerprint-first phase. Only the contrastive term is trained, on the
+    #: fingerprint path alone (no decoder pass, no KL); a second phase with the fingerprint
+    #: frozen then trains the variances, the detail encoder and the decoder. Each step costs
+    #: about a third less, and all of it goes to the fingerprint.
+    reconstruction: bool = True
     #: keep the fingerprint path (see ``MelodyVAE.fingerprint_parameters``) as initialised and
     #: train only the rest: the detail encoder, the variances and the decoder. Catalogues built
     #: with the initial weights stay valid. Needs initial weights; the contrastive term is moot.
@@ -141,6 +146,10 @@ def vae_loss(
     model: MelodyVAE, batch: dict[str, torch.Tensor], *, cfg: TrainConfig, beta: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
     ap, ar = batch["a_pitch"], batch["a_rhythm"]
+    if not cfg.reconstruction:
+        con, top1 = _contrastive(model.encode_fingerprint(ap, ar),
+                                 model.encode_fingerprint(batch["b_pitch"], batch["b_rhythm"]), ap, ar, cfg=cfg)
+        return con, {"loss": float(con.detach()), "con": float(con.detach()), "top1": top1}
     mu, logvar = model.encode(ap, ar)
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
     lp, lr = model.decode(z, ap, ar, word_dropout=cfg.word_dropout)
@@ -158,10 +167,24 @@ def vae_loss(
             acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
         return loss, {"loss": float(loss.detach()), "rec": float(rec.detach()),
                       "kl": float(kl_dim.detach().sum()), "acc_tf": float(acc)}
-    mu_b, _ = model.encode(batch["b_pitch"], batch["b_rhythm"])
     R = model.config.fingerprint_dim  # only the fingerprint part is made edit-invariant
-    za = F.normalize(mu[:, :R], dim=-1)
-    zb = F.normalize(mu_b[:, :R], dim=-1)
+    mu_b = model.encode_fingerprint(batch["b_pitch"], batch["b_rhythm"])
+    con, top1 = _contrastive(mu[:, :R], mu_b[:, :R], ap, ar, cfg=cfg)
+    loss = rec + beta * kl + cfg.contrastive_weight * con
+    with torch.no_grad():
+        acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
+    return loss, {
+        "loss": float(loss.detach()), "rec": float(rec.detach()), "kl": float(kl_dim.detach().sum()),
+        "con": float(con.detach()), "acc_tf": float(acc), "top1": top1,
+    }
+
+
+def _contrastive(fa: torch.Tensor, fb: torch.Tensor, ap: torch.Tensor, ar: torch.Tensor, *,
+                 cfg: TrainConfig) -> tuple[torch.Tensor, float]:
+    """Symmetric InfoNCE between the fingerprints of windows A (tokens ``ap``, ``ar``) and of
+    their edited views B, and the in-batch top-1 rate."""
+    za = F.normalize(fa, dim=-1)
+    zb = F.normalize(fb, dim=-1)
     logits = za @ zb.T / cfg.temperature
     # Identical clean windows are not negatives of each other.
     key = ap * 16 + ar
@@ -170,14 +193,9 @@ def vae_loss(
     logits = logits.masked_fill(same & ~eye, -1e4)
     target = torch.arange(logits.shape[0])
     con = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-    loss = rec + beta * kl + cfg.contrastive_weight * con
     with torch.no_grad():
-        acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
-        top1 = (logits.argmax(1) == target).float().mean()
-    return loss, {
-        "loss": float(loss.detach()), "rec": float(rec.detach()), "kl": float(kl_dim.detach().sum()),
-        "con": float(con.detach()), "acc_tf": float(acc), "top1": float(top1),
-    }
+        top1 = float((logits.argmax(1) == target).float().mean())
+    return con, top1
 
 
 def init_from(model: MelodyVAE, state: dict[str, torch.Tensor]) -> list[str]:
@@ -234,6 +252,8 @@ def train_vae(
         init_from(model, init_state)
     elif cfg.freeze_fingerprint:
         raise ConfigError("freeze_fingerprint needs initial weights")
+    if cfg.freeze_fingerprint and not cfg.reconstruction:
+        raise ConfigError("a frozen fingerprint with reconstruction off leaves nothing to train")
     frozen = {k for k, _ in model.fingerprint_parameters()} if cfg.freeze_fingerprint else set()
     for name, param in model.named_parameters():
         param.requires_grad_(name not in frozen)

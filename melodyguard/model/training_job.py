@@ -48,6 +48,7 @@ def run_training(
     progress: bool = True,
     init_from: Path | None = None,
     freeze_fingerprint: bool = False,
+    train_config: TrainConfig | None = None,
 ) -> dict[str, Any]:
     """Train on the corpus' training split (or a folder of MIDI files) and save weights.
 
@@ -57,7 +58,8 @@ def run_training(
     (``FIRST_PHASE``, e.g. ``default-detail``) without ``init_from`` trains its first phase
     into ``run_dir/phase1.pt`` (checkpoints in ``run_dir/phase1``; reused when finished) and
     then the second from it; ``steps`` and ``batch_size`` then apply to both phases.
-    Returns the manifest written beside ``out``.
+    ``train_config`` replaces the settings this call would choose (seed, ``steps`` and
+    ``batch_size`` still apply). Returns the manifest written beside ``out``.
     """
     cfg = get_preset(preset)
     if freeze_fingerprint and init_from is None:
@@ -79,6 +81,8 @@ def run_training(
         init_state, init_manifest = init_enc.model.state_dict(), init_enc.manifest
         _init(MelodyVAE(cfg), init_state)  # refuse weights that do not fit before loading data
     tc = PHASE2.get(preset, PHASE2["default-detail"]) if freeze_fingerprint else TrainConfig()
+    if train_config is not None:
+        tc = train_config
     tc = dataclasses.replace(tc, seed=seed)
     if steps is not None:
         tc = dataclasses.replace(tc, steps=steps)
