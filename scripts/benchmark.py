@@ -175,9 +175,12 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
         WI = np.zeros((len(P), L - 1))
         WD = np.zeros((len(P), L - 1))
         WN = np.zeros(len(P), dtype=np.int64)
+        feats: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # each tune's, once: a window's are a slice
         for k, (ti, s) in enumerate(src):
-            p, o, d = notes_of(tunes[ti].melody)
-            wi, wd = interval_features(p[s:s + L], note_iois(o, d)[s:s + L])
+            if ti not in feats:
+                p, o, d = notes_of(tunes[ti].melody)
+                feats[ti] = interval_features(p, note_iois(o, d))
+            wi, wd = feats[ti][0][s:s + L - 1], feats[ti][1][s:s + L - 1]
             WI[k, :wi.size], WD[k, :wd.size], WN[k] = wi, wd, wi.size
         out["window_baseline_queries"] = nb
     for level in WHOLE_LEVELS:
@@ -188,11 +191,11 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
             seg = (p[s:s + L + 6], o[s:s + L + 6], d[s:s + L + 6])
             q, qo, qd = augment(seg, level, rng=rng)
             n = min(L, q.size)
-            qi = note_iois(qo, qd)[:n]
-            pt, rt, _, _ = encode_notes(q[:n], qi, length=L)
+            q_ioi = note_iois(qo, qd)[:n]
+            pt, rt, _, _ = encode_notes(q[:n], q_ioi, length=L)
             QP.append(pt)
             QR.append(rt)
-            QN.append(interval_features(q[:n], qi))
+            QN.append(interval_features(q[:n], q_ioi))
         QV = enc.embed_tokens(np.asarray(QP), np.asarray(QR))
         _, I = index.search(QV, 1)
         top = I[:, 0]

@@ -169,7 +169,7 @@ def vae_loss(
                       "kl": float(kl_dim.detach().sum()), "acc_tf": float(acc)}
     R = model.config.fingerprint_dim  # only the fingerprint part is made edit-invariant
     mu_b = model.encode_fingerprint(batch["b_pitch"], batch["b_rhythm"])
-    con, top1 = _contrastive(mu[:, :R], mu_b[:, :R], ap, ar, cfg=cfg)
+    con, top1 = _contrastive(mu[:, :R], mu_b, ap, ar, cfg=cfg)
     loss = rec + beta * kl + cfg.contrastive_weight * con
     with torch.no_grad():
         acc = ((lp.argmax(-1) == ap) & (lr.argmax(-1) == ar))[ap != PITCH_PAD].float().mean()
