@@ -1,4 +1,4 @@
-"""CLI commands of the catalogue lifecycle: add, remove, list, check, reindex."""
+"""CLI commands of the catalogue lifecycle: add, remove, reembed, list, check, audit, serve."""
 
 from __future__ import annotations
 
@@ -147,6 +147,33 @@ def _cmd_remove(a: argparse.Namespace) -> int:
 
 _cmd_remove.setup = _setup_remove  # type: ignore[attr-defined]
 command("remove", "remove a work and its vectors")(_cmd_remove)
+
+
+def _setup_reembed(p: argparse.ArgumentParser) -> None:
+    _catalogue_arg(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_reembed(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(desc="reembed", unit="work", disable=a.quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    cat = open_catalogue(a, reembed=True, progress=progress)
+    bar.close()
+    cat.index()  # the FAISS index of the new vectors, built once here rather than on the first query
+    done = cat.reembedded or {"works": 0, "windows": 0, "from": cat.encoder.fingerprint, "to": cat.encoder.fingerprint,
+                              "seconds": 0.0}
+    print(json.dumps({**done, "works_in_catalogue": cat.count(), "changed": cat.reembedded is not None}))
+    return EXIT_OK
+
+
+_cmd_reembed.setup = _setup_reembed  # type: ignore[attr-defined]
+command("reembed", "embed every work again with these weights (after an upgrade changed the fingerprint)")(_cmd_reembed)
 
 
 def _setup_list(p: argparse.ArgumentParser) -> None:

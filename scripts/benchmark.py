@@ -46,7 +46,7 @@ from melodyguard.corpus import (  # noqa: E402
 )
 from melodyguard.fingerprint import Melody  # noqa: E402
 from melodyguard.fingerprint.windows import PITCH_PAD, encode_notes  # noqa: E402
-from melodyguard.model.encoder import Encoder, load_encoder  # noqa: E402
+from melodyguard.model.encoder import Encoder, default_weights_path, load_encoder, record_evaluation  # noqa: E402
 
 WHOLE_LEVELS = ("transpose", "tempo", "light", "medium", "heavy")
 PARTIAL_LEVELS = ("light", "medium")
@@ -1089,6 +1089,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="held-out tunes for detection and the null study: the folk collections (default) or, "
                          "another style, the voices of Palestrina's masses (scripts/build_corpus.py --collections palestrina)")
     ap.add_argument("--json", type=Path, default=Path("runs/benchmark.json"))
+    ap.add_argument("--record-manifest", action="store_true",
+                    help="write the held-out model and generation figures into the weights' manifest "
+                         "(section 'evaluation'; the issue's record of shipped weights)")
     a = ap.parse_args(argv)
     import torch
 
@@ -1133,6 +1136,14 @@ def main(argv: list[str] | None = None) -> int:
     if "scale" in a.sections:
         results["scale"] = scale_section(enc, folk, sizes=a.scale_sizes, seed=a.seed, index_kind=a.index_kind)
     results["seconds"] = round(time.time() - t0, 1)
+    if a.record_manifest:
+        if "model" not in results:
+            raise SystemExit("--record-manifest needs the 'model' section")
+        record_evaluation(a.weights or default_weights_path(),
+                          {"split": "heldout (Essen, Aird's Airs, miscFolk; never trained on)",
+                           "model": results["model"], **({"generation": results["generation"]}
+                                                         if "generation" in results else {})},
+                          command=results["command"])
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=2, default=float))
     print_markdown(results)

@@ -164,6 +164,67 @@ def test_catalogue_refuses_other_encoder(tmp_path, shipped_encoder, tiny_weights
         Catalogue(path, encoder=Encoder.load(tiny_weights))
 
 
+def test_reembed_moves_a_catalogue_to_other_weights_keeping_its_works(tmp_path, shipped_encoder, tiny_weights, rng,
+                                                                      capsys):
+    """An upgrade that changes the fingerprint: the works (ids, titles, metadata) stay, every
+    vector is the new encoder's, exactly as if the works had been added with it; an
+    interrupted re-embedding changes nothing; the CLI does the same."""
+    tiny = Encoder.load(tiny_weights)
+    mels = [_with_repeats(rng) for _ in range(4)] + make_catalogue_melodies(rng, 8, 40)
+    items = [{"melody": m, "sha256": f"s{i}", "title": f"t{i}", "metadata": {"k": i}} for i, m in enumerate(mels)]
+    path = tmp_path / "c"
+    old = Catalogue(path, encoder=tiny)
+    old.add_melodies(items[:6])
+    old.remove(old.works()[2].id)  # ids with a gap
+    old.add_melodies(items[6:])
+    old.index()
+    works_before = [w.to_dict() for w in old.works()]
+    old.close()
+    with pytest.raises(IndexVersionError, match="melodyguard reembed"):
+        Catalogue(path, encoder=shipped_encoder)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(done, total):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        Catalogue(path, encoder=shipped_encoder, reembed=True, progress=stop)
+    still = Catalogue(path, encoder=tiny)  # rolled back: the old weights still open it, unchanged
+    assert [w.to_dict() for w in still.works()] == works_before
+    still.close()
+
+    seen = []
+    cat = Catalogue(path, encoder=shipped_encoder, reembed=True, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (11, 11)
+    assert cat.reembedded["works"] == 11 and cat.reembedded["to"] == shipped_encoder.fingerprint
+    assert [w.to_dict() for w in cat.works()] == works_before
+    fresh = Catalogue(tmp_path / "fresh", encoder=shipped_encoder)
+    fresh.add_melodies([it for i, it in enumerate(items) if i != 2])
+    idx, table = cat.index()
+    fidx, ftable = fresh.index()
+    assert idx.ntotal == fidx.ntotal == len(table.vid) == cat.reembedded["windows"]
+    assert (table.view == 1).sum() == (ftable.view == 1).sum() > 0
+    vec = np.stack([np.frombuffer(r[0], np.float32) for r in cat._con().execute("SELECT vector FROM windows ORDER BY vid")])
+    fvec = np.stack([np.frombuffer(r[0], np.float32) for r in fresh._con().execute("SELECT vector FROM windows ORDER BY vid")])
+    np.testing.assert_array_equal(vec, fvec)
+    src = mels[7]
+    rep = check_melody(Melody.from_notes(src.pitches + 2, src.onsets_beats, src.durations_beats), cat)
+    assert rep["verdict"] == "block" and rep["matches"][0]["work"]["title"] == "t7"
+    cat.close()
+    with pytest.raises(IndexVersionError, match="encoder"):
+        Catalogue(path, encoder=tiny)
+
+    # The CLI: back to the tiny weights, with a summary; a second run has nothing to do.
+    assert cli.main(["reembed", "--catalogue", str(path), "--weights", str(tiny_weights), "--quiet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["changed"] and out["works"] == out["works_in_catalogue"] == 11 and out["to"] == tiny.fingerprint
+    assert cli.main(["reembed", "--catalogue", str(path), "--weights", str(tiny_weights), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is False
+    assert Catalogue(path, encoder=tiny).count() == 11
+
+
 def test_exact_and_edited_copy_found_with_evidence(catalogue, rng):
     cat, mels = catalogue
     src = mels[5]

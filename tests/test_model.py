@@ -17,7 +17,7 @@ from melodyguard.corpus import HELDOUT_COLLECTIONS
 from melodyguard.errors import ConfigError, IndexVersionError, ModelVersionError
 from melodyguard.fingerprint import extract_melody
 from melodyguard.model.config import preset
-from melodyguard.model.encoder import Encoder
+from melodyguard.model.encoder import Encoder, record_evaluation
 from melodyguard.model.train import TrainConfig, train_vae
 
 
@@ -146,6 +146,20 @@ def test_manifest_missing(tiny_weights, tmp_path):
         Encoder.load(w)
 
 
+def test_evaluation_is_recorded_in_the_manifest_for_these_weights_only(tiny_weights, tmp_path):
+    w, m = _copy(tiny_weights, tmp_path)
+    before = w.read_bytes()
+    record_evaluation(w, {"model": {"recon_note_accuracy": 0.5}}, command="bench")
+    man = json.loads(m.read_text())
+    assert man["evaluation"] == {"weights_sha256": man["sha256"], "command": "bench",
+                                 "model": {"recon_note_accuracy": 0.5}}
+    assert w.read_bytes() == before and Encoder.load(w).manifest["evaluation"]["command"] == "bench"
+    w.write_bytes(before[:-1] + bytes([before[-1] ^ 0xFF]))
+    with pytest.raises(ModelVersionError, match="not recording"):
+        record_evaluation(w, {"model": {}}, command="bench")
+    assert json.loads(m.read_text())["evaluation"]["command"] == "bench"
+
+
 def test_generate_cli_writes_readable_midi(tiny_weights, tmp_path, capsys):
     out = tmp_path / "g"
     assert cli.main(["generate", "--n", "3", "--out", str(out), "--bars", "4", "--weights", str(tiny_weights)]) == 0
@@ -177,6 +191,10 @@ def test_shipped_weights_manifest_and_invariance(shipped_encoder, rng):
         assert not set(data["collections"]) & set(HELDOUT_COLLECTIONS)
         assert "essen" not in json.dumps(data).lower().replace("never essen", "")
     assert man["fingerprint_id"] == shipped_encoder.fingerprint
+    ev = man["evaluation"]  # held-out figures of these very weights (benchmark.py --record-manifest)
+    assert ev["weights_sha256"] == man["sha256"] and "heldout" in ev["split"]
+    assert ev["model"]["recon_note_accuracy"] >= 0.9 and ev["model"]["active_dims"]
+    assert {"window_top1_light", "window_top1_medium", "embed_windows_per_s"} <= set(ev["model"])
     assert not torch.equal(shipped_encoder.model.prior_scale, torch.eye(shipped_encoder.latent_dim))
     w = shipped_encoder.embed(Melody.from_notes(*random_melody(rng, 60))).windows
     rp, rr = shipped_encoder.reconstruct(w.pitch, w.rhythm)
@@ -235,8 +253,9 @@ def test_second_phase_keeps_the_fingerprint_and_the_catalogue(tiny_weights, tmp_
 
 
 def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
-    """A two-phase preset without --init-from trains its first phase, then the second from it
-    with the fingerprint frozen; a second run reuses the finished first phase."""
+    """A two-phase preset without --init-from trains its first phase (the fingerprint alone),
+    then the second from it with the fingerprint frozen; a second run reuses the finished
+    first phase."""
     from melodyguard.model.training_job import run_training
 
     midi = tmp_path / "midi"
@@ -248,6 +267,10 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
                        batch_size=8, progress=False)
     first = Encoder.load(run / "phase1.pt")
     assert first.config.name == "tiny" and first.manifest["training"]["steps"] == 2
+    # the first phase trains the fingerprint alone (PHASE1), the second the decoder
+    assert first.manifest["training"]["train_config"]["reconstruction"] is False
+    assert man["training"]["train_config"]["reconstruction"] is True
+    assert man["training"]["train_config"]["freeze_fingerprint"] is True
     assert man["preset"] == "tiny-detail" and man["training"]["steps"] == 2
     assert man["training"]["init_from"]["preset"] == "tiny" and man["training"]["init_from"]["frozen_fingerprint"]
     assert man["fingerprint_id"] == first.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint

@@ -24,6 +24,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -199,10 +200,17 @@ class Catalogue:
     cache_works : int, optional
         Works kept parsed and prepared for verification, most recently used first (default
         ``$MELODYGUARD_WORK_CACHE`` or 16,384; about 18 kB per work). 0 keeps none.
+    reembed : bool, optional
+        If the catalogue was built with other weights (another fingerprint), embed every work's
+        stored melody again with ``encoder`` instead of refusing to open: one transaction, so an
+        interrupted run leaves the catalogue as it was. Works, ids and metadata are kept;
+        :attr:`reembedded` then says what changed. ``progress(done, total)`` is called per
+        batch of works.
     """
 
     def __init__(self, path: str | Path | None = None, *, encoder: Any = None, index_kind: str | None = None,
-                 hop: int = DEFAULT_HOP, persist_index: bool = True, cache_works: int | None = None) -> None:
+                 hop: int = DEFAULT_HOP, persist_index: bool = True, cache_works: int | None = None,
+                 reembed: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
         from ..model.encoder import load_encoder
 
         if cache_works is not None and cache_works < 0:
@@ -228,9 +236,11 @@ class Catalogue:
         self.cache_works = work_cache_size() if cache_works is None else int(cache_works)
         self._melodies: OrderedDict[int, Melody] = OrderedDict()
         self._derived: OrderedDict[tuple[int, Any], Any] = OrderedDict()
+        #: set when opening re-embedded the works: {"works", "windows", "from", "to", "seconds"}
+        self.reembedded: dict[str, Any] | None = None
         self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._tx() as con:
-            self._check_meta(con)
+            self._check_meta(con, reembed=reembed, progress=progress)
 
     # ------------------------------------------------------------------ sqlite
     @property
@@ -256,7 +266,8 @@ class Catalogue:
         else:
             con.execute("COMMIT")
 
-    def _check_meta(self, con: sqlite3.Connection) -> None:
+    def _check_meta(self, con: sqlite3.Connection, *, reembed: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> None:
         want = {
             "format_version": str(CATALOGUE_FORMAT_VERSION),
             "encoder": self.encoder.fingerprint,
@@ -275,14 +286,21 @@ class Catalogue:
             # the same vectors. Rename; the FAISS index is rebuilt from SQLite on first use.
             con.execute("UPDATE meta SET value=? WHERE name='encoder'", (want["encoder"],))
             have["encoder"] = want["encoder"]
+        other = [k for k in ("encoder", "dim", "window_length") if have.get(k) != want[k]]
+        if reembed and other and have.get("format_version") in ("1", want["format_version"]):
+            self.hop = int(have.get("hop", self.hop))
+            self._reembed(con, have, want, progress)
+            have.update({k: want[k] for k in ("format_version", "encoder", "dim", "window_length")})
         if have.get("format_version") == "1" and have.get("encoder") == want["encoder"]:
             self._migrate_v1(con)
             have["format_version"] = want["format_version"]
         for k in ("format_version", "encoder", "dim", "window_length"):
             if have.get(k) != want[k]:
+                hint = ("Use the weights it was built with, or embed its works again with these "
+                        "(`melodyguard reembed`, or Catalogue(..., reembed=True))."
+                        if k != "format_version" else "Upgrade melodyguard to open it.")
                 raise IndexVersionError(
-                    f"catalogue {self.path} has {k}={have.get(k)}; the loaded encoder needs {want[k]}. "
-                    "Use the weights it was built with, or rebuild the catalogue."
+                    f"catalogue {self.path} has {k}={have.get(k)}; the loaded encoder needs {want[k]}. {hint}"
                 )
         self.hop = int(have.get("hop", self.hop))
         if self._index_kind_arg is None:
@@ -305,6 +323,44 @@ class Catalogue:
         con.execute("UPDATE meta SET value=? WHERE name='format_version'", (str(CATALOGUE_FORMAT_VERSION),))
         con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
         con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+
+    def _reembed(self, con: sqlite3.Connection, have: dict[str, str], want: dict[str, str],
+                 progress: Callable[[int, int], None] | None) -> None:
+        """Replace every window and vector with ones of the loaded encoder, from the stored
+        melodies, in the caller's transaction (an error or interrupt rolls all of it back)."""
+        t0 = time.perf_counter()
+        cols = [r[1] for r in con.execute("PRAGMA table_info(windows)").fetchall()]
+        if "view" not in cols:  # format 1
+            con.execute("ALTER TABLE windows ADD COLUMN view INTEGER NOT NULL DEFAULT 0")
+        con.execute("DELETE FROM windows")
+        total = int(con.execute("SELECT COUNT(*) FROM melodies").fetchone()[0])
+        cfg = WindowConfig(length=self.encoder.config.window_length, hop=self.hop)
+        done, n_windows, last = 0, 0, -1
+        while True:  # batches by id, so that a large catalogue is never held in memory at once
+            rows = con.execute("SELECT work_id, data FROM melodies WHERE work_id > ? ORDER BY work_id LIMIT 500",
+                               (last,)).fetchall()
+            if not rows:
+                break
+            mels = [_melody_from_json(d, {}) for _, d in rows]
+            wins = [window_melody(m, config=cfg) for m in mels]
+            vec = self.encoder.embed_tokens(np.concatenate([w.pitch for w in wins]),
+                                            np.concatenate([w.rhythm for w in wins]))
+            bounds = np.cumsum([0] + [len(w) for w in wins])
+            cwins, cvecs = self._collapsed_windows(mels)
+            for (wid, _), w, a, b, cw, cv in zip(rows, wins, bounds[:-1], bounds[1:], cwins, cvecs):
+                self._insert_windows(con, int(wid), w, vec[a:b], VIEW_NOTES)
+                self._insert_windows(con, int(wid), cw, cv, VIEW_COLLAPSED)
+                n_windows += len(w) + len(cw)
+            last = int(rows[-1][0])
+            done += len(rows)
+            if progress is not None:
+                progress(done, total)
+        for k in ("format_version", "encoder", "dim", "window_length"):
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, want[k]))
+        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+        self.reembedded = {"works": done, "windows": n_windows, "from": have.get("encoder"), "to": want["encoder"],
+                           "seconds": round(time.perf_counter() - t0, 1)}
 
     def _collapsed_windows(self, melodies: Sequence[Melody]) -> tuple[list[Windows], list[np.ndarray]]:
         """Windows (and their vectors) of each melody's repeat-collapsed form that span at least

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "default_weights_path",
     "save_weights",
+    "record_evaluation",
     "load_encoder",
     "sha256_file",
     "fingerprint_digest",
@@ -95,6 +96,33 @@ def save_weights(model: MelodyVAE, path: Path, *, extra: dict[str, Any] | None =
     mtmp = _manifest_path(path).with_suffix(".tmp")
     mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
     mtmp.replace(_manifest_path(path))
+    return manifest
+
+
+def record_evaluation(weights: Path, evaluation: dict[str, Any], *, command: str) -> dict[str, Any]:
+    """Record held-out figures measured on ``weights`` in their manifest, under ``evaluation``.
+
+    The figures carry the checksum of the weights they were measured on and the command that
+    measured them; the manifest is rewritten atomically and the weights are not touched.
+    Raises :class:`ModelVersionError` if the weights no longer match their manifest (the
+    figures would describe other weights). Returns the new manifest.
+    """
+    path = Path(weights)
+    mpath = _manifest_path(path)
+    if not path.is_file() or not mpath.is_file():
+        raise ModelVersionError(f"no weights with a manifest at {path}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except ValueError as exc:
+        raise ModelVersionError(f"manifest {mpath} is not valid JSON: {exc}") from exc
+    digest = sha256_file(path)
+    if digest != manifest.get("sha256"):
+        raise ModelVersionError(
+            f"{path.name} checksum {digest[:12]}… does not match its manifest; not recording figures for it")
+    manifest["evaluation"] = {"weights_sha256": digest, "command": command, **evaluation}
+    tmp = mpath.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(mpath)
     return manifest
 
 

@@ -11,7 +11,7 @@ from ..corpus import TRAIN_COLLECTIONS, default_corpus_path, load_corpus
 from ..errors import ConfigError, MelodyGuardError
 from .config import preset as get_preset
 from .encoder import save_weights
-from .train import PHASE2, TrainConfig, train_vae
+from .train import PHASE1, PHASE2, TrainConfig, train_vae
 
 __all__ = ["FIRST_PHASE", "run_training"]
 
@@ -56,8 +56,9 @@ def run_training(
     fits the preset; ``freeze_fingerprint`` then trains only the detail encoder and the
     decoder, with the preset's second-phase settings (``PHASE2``). A two-phase preset
     (``FIRST_PHASE``, e.g. ``default-detail``) without ``init_from`` trains its first phase
-    into ``run_dir/phase1.pt`` (checkpoints in ``run_dir/phase1``; reused when finished) and
-    then the second from it; ``steps`` and ``batch_size`` then apply to both phases.
+    (``PHASE1``: the fingerprint alone) into ``run_dir/phase1.pt`` (checkpoints in
+    ``run_dir/phase1``; reused when finished) and then the second from it; ``steps`` and
+    ``batch_size`` then apply to both phases.
     ``train_config`` replaces the settings this call would choose (seed, ``steps`` and
     ``batch_size`` still apply). Returns the manifest written beside ``out``.
     """
@@ -69,7 +70,7 @@ def run_training(
         if not (init_from.is_file() and init_from.with_suffix(".manifest.json").is_file()):
             run_training(preset=FIRST_PHASE[preset], steps=steps, batch_size=batch_size, corpus=corpus,
                          midi_dir=midi_dir, run_dir=Path(run_dir) / "phase1", out=init_from, seed=seed,
-                         progress=progress)
+                         progress=progress, train_config=PHASE1.get(FIRST_PHASE[preset]))
         freeze_fingerprint = True
     init_state, init_manifest = None, None
     if init_from is not None:
