@@ -35,7 +35,11 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     build_corpus(collections=["oneills1850"], limit=a.works, progress=not a.quiet)
     tunes = load_corpus(collections=["oneills1850"])
     tunes = sorted(tunes, key=lambda t: (t.key != expected["source_key"], t.key))[: a.works]
-    cat = Catalogue(a.out / "catalogue", encoder=load_encoder())
+    # The demo's catalogue is the demo's own: after an upgrade changed the fingerprint, embed it
+    # again rather than refuse (a user's catalogue is refused until `melodyguard reembed`).
+    cat = Catalogue(a.out / "catalogue", encoder=load_encoder(), reembed=True)
+    if cat.reembedded:
+        print(f"   (the demo catalogue was built with other weights: {cat.reembedded['works']} works embedded again)")
     cat.add_melodies([{"melody": t.melody, "sha256": "corpus:" + t.key, "title": t.title, "external_id": t.key,
                        "owner": "O'Neill's Music of Ireland (1850)"} for t in tunes], skip_duplicates=True)
     cat.index()

@@ -195,8 +195,13 @@ def test_reembed_moves_a_catalogue_to_other_weights_keeping_its_works(tmp_path, 
     assert [w.to_dict() for w in still.works()] == works_before
     still.close()
 
+    running = Catalogue(path, encoder=tiny)  # e.g. a server, open while another process re-embeds
+    running.index()
     seen = []
     cat = Catalogue(path, encoder=shipped_encoder, reembed=True, progress=lambda d, t: seen.append((d, t)))
+    with pytest.raises(IndexVersionError, match="embedded again with other weights"):
+        running.index()  # it must not search the new vectors with the old encoder
+    running.close()
     assert seen[-1] == (11, 11)
     assert cat.reembedded["works"] == 11 and cat.reembedded["to"] == shipped_encoder.fingerprint
     assert [w.to_dict() for w in cat.works()] == works_before

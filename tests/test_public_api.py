@@ -38,5 +38,5 @@ def test_cli_help_lists_the_lifecycle(capsys):
         cli.main(["--help"])
     assert ex.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("melody", "add", "remove", "list", "check", "audit", "serve", "generate", "train", "demo"):
+    for cmd in ("melody", "add", "remove", "reembed", "list", "check", "audit", "serve", "generate", "train", "demo"):
         assert cmd in out

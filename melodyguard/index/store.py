@@ -653,6 +653,11 @@ class Catalogue:
                 self._derived.clear()
             folder = self.path / "index"
             con = self._con()
+            built_with = (con.execute("SELECT value FROM meta WHERE name='encoder'").fetchone() or [None])[0]
+            if built_with != self.encoder.fingerprint:  # another process re-embedded it since we opened it
+                raise IndexVersionError(
+                    f"catalogue {self.path} was embedded again with other weights (fingerprint {built_with}) "
+                    f"after this process opened it with {self.encoder.fingerprint}; restart with those weights")
             last_removal = int((con.execute("SELECT value FROM meta WHERE name='last_removal'").fetchone() or [0])[0])
             idx = self._index
             if idx is None:
