@@ -88,15 +88,14 @@ _W: dict[str, Any] = {}
 def _init_worker(cat_dir: str, weights: str | None, ignore_sigint: bool = False, tracks: str = "all") -> None:
     import signal
 
-    import torch
-
     if ignore_sigint:  # the parent handles Ctrl-C and stops the pool
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    from .config import set_native_threads
     from .index import Catalogue
     from .model.encoder import load_encoder
 
-    torch.set_num_threads(1)
+    set_native_threads(1)
     _W["tracks"] = tracks
     _W["cat"] = Catalogue(cat_dir, encoder=load_encoder(weights), persist_index=False)
     _W["cat"].index()

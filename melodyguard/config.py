@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "cache_dir",
     "catalogue_dir",
     "work_cache_size",
+    "set_native_threads",
+    "cap_native_threads",
 ]
 
 #: Largest input file read, in bytes (20 MiB). A MIDI file this large is almost surely not a song.
@@ -61,3 +64,39 @@ def work_cache_size() -> int:
 
         raise ConfigError(f"MELODYGUARD_WORK_CACHE must be a whole number of works (0 or more); got {raw!r}")
     return n
+
+
+def set_native_threads(n: int) -> None:
+    """Let each native call (torch's and faiss's OpenMP teams) use at most ``n`` threads.
+
+    A server runs many checks at once in threads, and an audit runs one process per core. Each
+    check's embedding (torch) and search (faiss, OpenMP) would otherwise start a team of one
+    thread per core, and many concurrent teams on few cores spin against each other: on 2 cores,
+    20 concurrent API clients got 4 checks/s with the default teams and 57 checks/s with ``n=1``
+    (docs/benchmarks.md, "HTTP API").
+
+    OpenMP keeps this count per thread: it holds for the calling thread (and threads it starts
+    later inherit the process default, not this value). A thread pool calls
+    :func:`cap_native_threads` in each of its threads.
+    """
+    if n < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"threads must be at least 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+    import faiss
+
+    if hasattr(faiss, "omp_set_num_threads"):
+        faiss.omp_set_num_threads(n)
+    _CAPPED.n = n
+
+
+_CAPPED = threading.local()
+
+
+def cap_native_threads(n: int) -> None:
+    """:func:`set_native_threads` for the calling thread, once per thread and value."""
+    if getattr(_CAPPED, "n", None) != n:
+        set_native_threads(n)

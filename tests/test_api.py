@@ -366,3 +366,39 @@ def test_job_store_from_before_the_tracks_setting_is_migrated(tmp_path):
     assert store.job("a")["tracks"] == "melody"  # old jobs keep the old behaviour
     new = store.create([("x.mid", b"MThd")], key_id="k2", role="screener", owner="", tracks="all")
     assert store.job(new["id"])["tracks"] == "all"
+
+
+def test_server_limits_native_threads(api_env, monkeypatch):
+    """Concurrent checks must not each start a team of threads per core (they spin against each
+    other: 20 clients on 2 cores fell from 57 to 4 checks/s); every pool thread that runs a check
+    caps its own native calls (OpenMP's thread count is per thread)."""
+    import faiss
+    import torch
+    from pydantic import ValidationError
+
+    import melodyguard.detect as detect
+    from melodyguard.config import set_native_threads
+    from melodyguard.errors import ConfigError
+
+    path, mels, keys = api_env
+    seen: list[tuple[int, int]] = []
+    real = detect.check_file_lines
+
+    def spy(*a, **kw):
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(detect, "check_file_lines", spy)
+    for threads in (1, 2):
+        seen.clear()
+        with _client(path, threads=threads) as c:
+            for _ in range(3):
+                r = c.post("/v1/checks", headers=H(keys["screener"]),
+                           files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
+                assert r.status_code == 200 and r.json()["verdict"] == "block"
+        assert seen == [(threads, threads)] * 3
+    assert Settings(catalogue=path).threads == 1
+    with pytest.raises(ConfigError, match="at least 1"):
+        set_native_threads(0)
+    with pytest.raises(ValidationError):
+        Settings(catalogue=path, threads=0)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import (
     Depends,
@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..config import cap_native_threads
 from ..errors import (
     ArtifactError,
     DuplicateWorkError,
@@ -72,6 +73,8 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
             415: "Not a MIDI or audio file", 422: "Invalid input", 429: "Rate limit exceeded"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
+
+T = TypeVar("T")
 
 #: library errors to HTTP status codes, most specific first (anything else: 400)
 _STATUS: tuple[tuple[type[MelodyGuardError], int], ...] = (
@@ -149,6 +152,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     limiter = RateLimiter(per_minute=settings.rate_limit_per_minute, burst=settings.rate_limit_burst)
 
+    def capped(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run ``fn`` with this thread's native calls capped at ``settings.threads`` (OpenMP's
+        count is per thread, so each pool thread sets its own; see ``set_native_threads``)."""
+        cap_native_threads(settings.threads)
+        return fn(*args, **kw)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from ..index import Catalogue
@@ -156,14 +165,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         enc = load_encoder(settings.weights)
         cat = Catalogue(settings.catalogue, encoder=enc)
-        await run_in_threadpool(cat.index)
+        await run_in_threadpool(capped, cat.index)
         keys = KeyStore(settings.api_db)
         jobs = JobStore(settings.api_db, settings.jobs_dir)
         app.state.catalogue, app.state.keys, app.state.jobs = cat, keys, jobs
         app.state.limiter = limiter
         worker = None
         if settings.run_audit_worker:
-            worker = JobWorker(jobs, lambda path, name, job: _audit_check(cat, path, name, job))
+            worker = JobWorker(jobs, lambda path, name, job: capped(_audit_check, cat, path, name, job))
             worker.start()
         yield
         if worker is not None:
@@ -281,7 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data = await read_upload(file, settings.max_upload_bytes)
         cat = request.app.state.catalogue
         work = await run_in_threadpool(
-            cat.add, data, title=title if title is not None else _stem(file), owner=owner or "",
+            capped, cat.add, data, title=title if title is not None else _stem(file), owner=owner or "",
             external_id=external_id or None, metadata=meta, private=private, filename=_name(file),
         )
         out: dict[str, Any] = work.to_dict()
@@ -338,7 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> Response:
         data = await read_upload(file, settings.max_upload_bytes)
         cat = request.app.state.catalogue
-        rep, html = await run_in_threadpool(_check, cat, data, _name(file), who, format == "html", tracks)
+        rep, html = await run_in_threadpool(capped, _check, cat, data, _name(file), who, format == "html", tracks)
         if html is not None:
             return HTMLResponse(html, headers={"X-Melodyguard-Verdict": rep["verdict"]})
         return JSONResponse(rep)
