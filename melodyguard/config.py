@@ -66,6 +66,10 @@ def work_cache_size() -> int:
     return n
 
 
+#: the thread count this thread last set through :func:`set_native_threads`
+_CAPPED = threading.local()
+
+
 def set_native_threads(n: int) -> None:
     """Let each native call (torch's and faiss's OpenMP teams) use at most ``n`` threads.
 
@@ -91,9 +95,6 @@ def set_native_threads(n: int) -> None:
     if hasattr(faiss, "omp_set_num_threads"):
         faiss.omp_set_num_threads(n)
     _CAPPED.n = n
-
-
-_CAPPED = threading.local()
 
 
 def cap_native_threads(n: int) -> None:

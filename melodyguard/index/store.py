@@ -185,6 +185,20 @@ def require_works(catalogue: Any) -> int:
     return n
 
 
+def _invalidate_index(con: sqlite3.Connection) -> None:
+    """Mark every saved or open FAISS index stale (rebuilt from SQLite on next use), in the
+    caller's transaction: after vectors were removed or replaced, appending cannot catch up."""
+    con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+
+
+def _add_view_column(con: sqlite3.Connection) -> None:
+    """Format 1 had no ``view`` column on windows; add it (idempotent)."""
+    cols = [r[1] for r in con.execute("PRAGMA table_info(windows)").fetchall()]
+    if "view" not in cols:
+        con.execute("ALTER TABLE windows ADD COLUMN view INTEGER NOT NULL DEFAULT 0")
+
+
 class Catalogue:
     """A catalogue directory. Thread-safe: writes are serialised, reads run concurrently.
 
@@ -311,9 +325,7 @@ class Catalogue:
     def _migrate_v1(self, con: sqlite3.Connection) -> None:
         """Format 1 had no repeat-collapsed windows: add the column and index every work's
         collapsed form, in the caller's transaction."""
-        cols = [r[1] for r in con.execute("PRAGMA table_info(windows)").fetchall()]
-        if "view" not in cols:
-            con.execute("ALTER TABLE windows ADD COLUMN view INTEGER NOT NULL DEFAULT 0")
+        _add_view_column(con)
         rows = con.execute("SELECT work_id, data FROM melodies ORDER BY work_id").fetchall()
         for b in range(0, len(rows), 500):
             chunk = rows[b:b + 500]
@@ -321,17 +333,14 @@ class Catalogue:
             for (wid, _), w, vec in zip(chunk, *self._collapsed_windows(mels)):
                 self._insert_windows(con, int(wid), w, vec, VIEW_COLLAPSED)
         con.execute("UPDATE meta SET value=? WHERE name='format_version'", (str(CATALOGUE_FORMAT_VERSION),))
-        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+        _invalidate_index(con)
 
     def _reembed(self, con: sqlite3.Connection, have: dict[str, str], want: dict[str, str],
                  progress: Callable[[int, int], None] | None) -> None:
         """Replace every window and vector with ones of the loaded encoder, from the stored
         melodies, in the caller's transaction (an error or interrupt rolls all of it back)."""
         t0 = time.perf_counter()
-        cols = [r[1] for r in con.execute("PRAGMA table_info(windows)").fetchall()]
-        if "view" not in cols:  # format 1
-            con.execute("ALTER TABLE windows ADD COLUMN view INTEGER NOT NULL DEFAULT 0")
+        _add_view_column(con)
         con.execute("DELETE FROM windows")
         total = int(con.execute("SELECT COUNT(*) FROM melodies").fetchone()[0])
         cfg = WindowConfig(length=self.encoder.config.window_length, hop=self.hop)
@@ -357,8 +366,7 @@ class Catalogue:
                 progress(done, total)
         for k in ("format_version", "encoder", "dim", "window_length"):
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, want[k]))
-        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+        _invalidate_index(con)
         self.reembedded = {"works": done, "windows": n_windows, "from": have.get("encoder"), "to": want["encoder"],
                            "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -594,8 +602,7 @@ class Catalogue:
                 self._melodies.pop(work.id, None)
                 for k in [k for k in self._derived if k[0] == work.id]:
                     del self._derived[k]
-            con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE name='generation'")
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('last_removal', (SELECT value FROM meta WHERE name='generation'))")
+            _invalidate_index(con)
         return work
 
     # ------------------------------------------------------------------ index
@@ -653,12 +660,13 @@ class Catalogue:
                 self._derived.clear()
             folder = self.path / "index"
             con = self._con()
-            built_with = (con.execute("SELECT value FROM meta WHERE name='encoder'").fetchone() or [None])[0]
+            meta = dict(con.execute("SELECT name, value FROM meta WHERE name IN ('encoder', 'last_removal')").fetchall())
+            built_with = meta.get("encoder")
             if built_with != self.encoder.fingerprint:  # another process re-embedded it since we opened it
                 raise IndexVersionError(
                     f"catalogue {self.path} was embedded again with other weights (fingerprint {built_with}) "
                     f"after this process opened it with {self.encoder.fingerprint}; restart with those weights")
-            last_removal = int((con.execute("SELECT value FROM meta WHERE name='last_removal'").fetchone() or [0])[0])
+            last_removal = int(meta.get("last_removal", 0))
             idx = self._index
             if idx is None:
                 try:

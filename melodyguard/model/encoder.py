@@ -93,10 +93,15 @@ def save_weights(model: MelodyVAE, path: Path, *, extra: dict[str, Any] | None =
         "sha256": sha256_file(path),
         **(extra or {}),
     }
-    mtmp = _manifest_path(path).with_suffix(".tmp")
-    mtmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    mtmp.replace(_manifest_path(path))
+    _write_manifest(_manifest_path(path), manifest)
     return manifest
+
+
+def _write_manifest(mpath: Path, manifest: dict[str, Any]) -> None:
+    """Write a manifest atomically (temporary file, then rename)."""
+    tmp = mpath.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    tmp.replace(mpath)
 
 
 def record_evaluation(weights: Path, evaluation: dict[str, Any], *, command: str) -> dict[str, Any]:
@@ -120,9 +125,7 @@ def record_evaluation(weights: Path, evaluation: dict[str, Any], *, command: str
         raise ModelVersionError(
             f"{path.name} checksum {digest[:12]}… does not match its manifest; not recording figures for it")
     manifest["evaluation"] = {"weights_sha256": digest, "command": command, **evaluation}
-    tmp = mpath.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    tmp.replace(mpath)
+    _write_manifest(mpath, manifest)
     return manifest
 
 
