@@ -63,13 +63,19 @@ from .align import (
 from .config import DEFAULT_MIN_NOTES
 from .errors import InvalidInputError, MelodyTooShortError
 from .fingerprint.melody import Melody, collapse_repeats
-from .fingerprint.windows import WindowConfig, Windows, short_windows, window_melody
+from .fingerprint.windows import (
+    WindowConfig,
+    Windows,
+    deletion_windows,
+    short_windows,
+    window_melody,
+)
 from .index.figures import MAX_DF as FIGURE_MAX_DF
 from .index.figures import MAX_WORKS as FIGURE_MAX_WORKS
 from .index.store import require_works
 
 __all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "DEFAULT_TRACKS", "Calibration", "load_calibration", "check_melody",
-           "check_file", "check_file_lines", "check_tracks", "line_factors"]
+           "query_windows", "check_file", "check_file_lines", "check_tracks", "line_factors"]
 
 REPORT_SCHEMA = "melodyguard.report/1"
 _CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
@@ -92,6 +98,16 @@ class DetectConfig:
     max_matches: int = 5
     #: Query windows cut to this many notes (0: none) are searched besides full windows.
     short_window: int = 10
+    #: Queries of at most this many notes (0: none, the default) also search each full window
+    #: with one short note deleted (:func:`~melodyguard.fingerprint.windows.deletion_windows`):
+    #: the ornaments and passing notes a copy adds. About 9 more windows to embed per window.
+    #: Measured (docs/benchmarks.md): a window's nearest neighbour is its source 6 points more
+    #: often at medium edits, but whole and partial copies and short excerpts are found as
+    #: often as without, for 8 ms more per query at 9.4k works; so it is off by default.
+    deletion_max_notes: int = 0
+    #: a note is short for that when its inter-onset interval is at most this share of its
+    #: window's median
+    deletion_short: float = 0.75
     #: Also align at the (transposition, tempo) that the candidate's shared 3-note figures vote for.
     shift_hashing: bool = True
     #: Figures vote in bands of this many notes of offset (the diagonal; 0: one band for all).
@@ -110,6 +126,8 @@ class DetectConfig:
             raise InvalidInputError("k and max_candidates must be >= 1")
         if self.figure_candidates < 0 or self.shift_diagonal < 0 or self.figure_max_works < 1:
             raise InvalidInputError("figure_candidates and shift_diagonal must be >= 0, figure_max_works >= 1")
+        if self.deletion_max_notes < 0 or not 0 < self.deletion_short <= 1:
+            raise InvalidInputError("deletion_max_notes must be >= 0 and deletion_short in (0, 1]")
         if not 0 < self.figure_max_df <= 1:
             raise InvalidInputError(f"figure_max_df must be in (0, 1]; got {self.figure_max_df}")
 
@@ -177,6 +195,40 @@ def _span(m: Melody, idx: np.ndarray) -> dict[str, Any]:
     }
 
 
+def query_windows(views: list[tuple[Melody, np.ndarray]], *, length: int,
+                  config: DetectConfig = DEFAULT_DETECT) -> tuple[Windows, np.ndarray, np.ndarray]:
+    """The windows a check searches for its query, as ``(windows, view, parent)``.
+
+    ``views`` are the query's forms (the notes as given first; for audio also the
+    repeat-collapsed form). Each view gives its full windows and windows cut to
+    ``config.short_window`` notes; a query of at most ``config.deletion_max_notes`` notes also
+    gives each full window's deletion variants (:func:`deletion_windows`). ``view`` is each
+    row's view; ``parent`` is the row of the window it stands for: itself, or the window a
+    deletion variant varies.
+    """
+    parts, qview_parts, parent_parts = [], [], []
+    wcfg = WindowConfig(length=length, hop=1)
+    n_rows = 0
+    for v, (vm, _) in enumerate(views):
+        if v and len(vm) < wcfg.min_notes:
+            continue
+        vp = [window_melody(vm, config=wcfg)]
+        if config.short_window and len(vm) > config.short_window:
+            vp.append(short_windows(vm, length=wcfg.length, n_notes=config.short_window))
+        n_own = sum(len(x) for x in vp)
+        vparent = [np.arange(n_rows, n_rows + n_own)]
+        if v == 0 and len(vm) <= config.deletion_max_notes:
+            dw, dparent = deletion_windows(vm, vp[0], length=wcfg.length, short=config.deletion_short)
+            vp.append(dw)
+            vparent.append(dparent + n_rows)
+        n_here = sum(len(x) for x in vp)
+        parts += vp
+        parent_parts += vparent
+        qview_parts.append(np.full(n_here, v, np.int64))
+        n_rows += n_here
+    return Windows.concat(parts), np.concatenate(qview_parts), np.concatenate(parent_parts)
+
+
 def check_melody(
     melody: Melody,
     catalogue: Any,
@@ -200,18 +252,10 @@ def check_melody(
     views: list[tuple[Melody, np.ndarray]] = [(melody, np.arange(len(melody)))]
     if melody.info.get("kind") == "audio":
         views.append(collapse_repeats(melody))
-    parts, qview_parts = [], []
-    wcfg = WindowConfig(length=enc.config.window_length, hop=1)
-    for v, (vm, _) in enumerate(views):
-        if v and len(vm) < wcfg.min_notes:
-            continue
-        vp = [window_melody(vm, config=wcfg)]
-        if config.short_window and len(vm) > config.short_window:
-            vp.append(short_windows(vm, length=wcfg.length, n_notes=config.short_window))
-        parts += vp
-        qview_parts.append(np.full(sum(len(x) for x in vp), v, np.int64))
-    qw = Windows.concat(parts)
-    qview = np.concatenate(qview_parts)
+    # Deletion variants stand for their parent window: votes, the best hit per work and the
+    # stock-material count are the parent's; the key and pace of a hit are the variant's own.
+    qw, qview, qparent = query_windows(views, length=enc.config.window_length, config=config)
+    own = qparent == np.arange(qparent.size)
     vectors = enc.embed_tokens(qw.pitch, qw.rhythm)
     t_embed = time.perf_counter()
     sims, vids = index.search(vectors, config.k)
@@ -228,18 +272,19 @@ def check_melody(
     if exclude_work is not None:
         keep = w_all != exclude_work
         qi_all, r_all, s_all, w_all = qi_all[keep], r_all[keep], s_all[keep], w_all[keep]
-    order = np.lexsort((-s_all, w_all, qi_all))
-    qi_all, r_all, s_all, w_all = qi_all[order], r_all[order], s_all[order], w_all[order]
+    pq_all = qparent[qi_all]
+    order = np.lexsort((-s_all, w_all, pq_all))
+    qi_all, pq_all, r_all, s_all, w_all = qi_all[order], pq_all[order], r_all[order], s_all[order], w_all[order]
     first = np.ones(qi_all.size, bool)
-    first[1:] = (qi_all[1:] != qi_all[:-1]) | (w_all[1:] != w_all[:-1])
-    qi_all, r_all, s_all, w_all = qi_all[first], r_all[first], s_all[first], w_all[first]
+    first[1:] = (pq_all[1:] != pq_all[:-1]) | (w_all[1:] != w_all[:-1])
+    qi_all, pq_all, r_all, s_all, w_all = qi_all[first], pq_all[first], r_all[first], s_all[first], w_all[first]
     # Stock material: how many works a query window hits about as well as its best hit.
     n_q = rows.shape[0]
     top = np.full(n_q, -np.inf)
-    np.maximum.at(top, qi_all, s_all)
-    close = s_all >= top[qi_all] - 0.03
-    n_close = np.bincount(qi_all[close], minlength=n_q)
-    weight = 1.0 / np.sqrt(np.maximum(n_close[qi_all], 1))
+    np.maximum.at(top, pq_all, s_all)
+    close = s_all >= top[pq_all] - 0.03
+    n_close = np.bincount(pq_all[close], minlength=n_q)
+    weight = 1.0 / np.sqrt(np.maximum(n_close[pq_all], 1))
     off = table.start[r_all] - qw.start[qi_all]
     # Offsets count notes of one view; each view votes in its own band of bins.
     b = np.floor(off / config.offset_bin).astype(np.int64) + 200_000 * table.view[r_all]
@@ -347,7 +392,7 @@ def check_melody(
         main = best_al[0]
         n_eq_main = int(((melody.pitches[main.query_idx] + main.transposition) == ref.pitches[main.ref_idx]).sum())
         qa = main.query_idx
-        inside = (qview == 0) & (qw.start >= qa.min()) & (qw.start <= qa.max())
+        inside = own & (qview == 0) & (qw.start >= qa.min()) & (qw.start <= qa.max())
         similar = max(int(np.median(np.maximum(n_close[inside], 1))) - 1 if inside.any() else 0, 0)
         e = best_e * (1.0 + similar / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:

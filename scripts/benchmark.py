@@ -13,6 +13,7 @@ queries. Results are printed as Markdown and written to ``--json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -44,8 +45,9 @@ from melodyguard.corpus import (  # noqa: E402
     STYLE_COLLECTIONS,
     load_corpus,
 )
+from melodyguard.detect import DEFAULT_DETECT, query_windows  # noqa: E402
 from melodyguard.fingerprint import Melody  # noqa: E402
-from melodyguard.fingerprint.windows import PITCH_PAD, encode_notes  # noqa: E402
+from melodyguard.fingerprint.windows import PITCH_PAD, Windows, encode_notes  # noqa: E402
 from melodyguard.model.encoder import Encoder, default_weights_path, load_encoder, record_evaluation  # noqa: E402
 
 WHOLE_LEVELS = ("transpose", "tempo", "light", "medium", "heavy")
@@ -66,6 +68,10 @@ def to_melody(notes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Melody:
 
 
 # ----------------------------------------------------------------------------- model section
+#: The opt-in query procedure whose window retrieval is reported beside the encoder's own.
+WITH_DELETIONS = dataclasses.replace(DEFAULT_DETECT, deletion_max_notes=10**6)
+
+
 def interval_notes(m: Melody) -> tuple[np.ndarray, np.ndarray]:
     """A melody as the baseline aligns it: pitches and inter-onset intervals."""
     return np.asarray(m.pitches), note_iois(m.onsets_beats, m.durations_beats)
@@ -184,8 +190,8 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
             WI[k, :wi.size], WD[k, :wd.size], WN[k] = wi, wd, wi.size
         out["window_baseline_queries"] = nb
     for level in WHOLE_LEVELS:
-        QP, QR, QN = [], [], []
-        for i in qs:
+        QP, QR, QN, checked, owner = [], [], [], [], []
+        for j, i in enumerate(qs):
             ti, s = src[i]
             p, o, d = notes_of(tunes[ti].melody)
             seg = (p[s:s + L + 6], o[s:s + L + 6], d[s:s + L + 6])
@@ -196,12 +202,30 @@ def model_section(enc: Encoder, tunes: list[Any], *, n_windows: int, n_queries: 
             QP.append(pt)
             QR.append(rt)
             QN.append(interval_features(q[:n], q_ioi))
+            # As a check with deletion variants searches the edited notes (an opt-in setting):
+            # their first window and its variants.
+            qw, _, parent = query_windows([(to_melody((q, qo, qd)), np.arange(q.size))], length=L,
+                                          config=WITH_DELETIONS)
+            checked.append(qw.take(parent == 0))
+            owner.append(np.full(int((parent == 0).sum()), j))
         QV = enc.embed_tokens(np.asarray(QP), np.asarray(QR))
         _, I = index.search(QV, 1)
         top = I[:, 0]
         # A hit: the original window, or one with identical tokens (repeats inside folk tunes).
         hit = (top == qs) | (key[top] == key[qs]).all(1)
         out[f"window_top1_{level}"] = round(float(hit.mean()), 4)
+        # The same queries searched with deletion variants: each window's best hit over its
+        # variants (the window alone when no note is short).
+        cw, own = Windows.concat(checked), np.concatenate(owner)
+        D2, I2 = index.search(enc.embed_tokens(cw.pitch, cw.rhythm), 1)
+        best = np.full(len(qs), -np.inf)
+        np.maximum.at(best, own, D2[:, 0])
+        pick = np.flatnonzero(D2[:, 0] == best[own])
+        pick = pick[np.unique(own[pick], return_index=True)[1]]  # the first row of each query's best
+        top2 = I2[pick, 0]
+        hit2 = (top2 == qs) | (key[top2] == key[qs]).all(1)
+        out[f"window_top1_{level}_deletions"] = round(float(hit2.mean()), 4)
+        out[f"window_variants_per_query_{level}"] = round(len(cw) / len(qs), 1)
         if nb:
             base = [window_baseline_top1(_sw_windows(qi, qd, WI, WD, WN), (key == key[qs[j]]).all(1))
                     for j, (qi, qd) in enumerate(QN[:nb])]

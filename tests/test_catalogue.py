@@ -1148,3 +1148,73 @@ def test_detect_config_refuses_settings_that_make_no_sense(bad):
 
     with pytest.raises(InvalidInputError):
         DetectConfig(**bad)
+
+
+def _ornamented(rng, p, o, d, at):
+    """The notes with a neighbour before each note in ``at``, taking a quarter of its time."""
+    ioi = np.append(np.diff(o), d[-1])
+    P, I = [], []
+    for k in range(p.size):
+        if k in at:
+            P.append(int(p[k] + rng.choice([-2, -1, 1, 2])))
+            I.append(ioi[k] / 4)
+            I.append(ioi[k] * 3 / 4)
+        else:
+            I.append(ioi[k])
+        P.append(int(p[k]))
+    I = np.asarray(I)
+    return np.asarray(P), np.concatenate([[0.0], np.cumsum(I)[:-1]]), I
+
+
+def test_deletion_variants_take_an_added_ornament_out_again(rng):
+    from melodyguard.fingerprint.windows import WindowConfig, deletion_windows, window_melody
+
+    cfg = WindowConfig(length=16, hop=1)
+    for _ in range(5):
+        p, o, d = random_melody(rng, 26)
+        k = int(rng.integers(2, 12))
+        q = Melody.from_notes(*_ornamented(rng, p, o, d, {k}))
+        base = window_melody(q, config=cfg)
+        orig = window_melody(Melody.from_notes(p, o, d), config=cfg)
+        var, parent = deletion_windows(q, base, length=16)
+        assert var.pitch.shape[1] == 16 and parent.shape == (len(var),)
+        assert np.array_equal(var.start, base.start[parent])
+        # each variant takes in the melody's next note, where there is one
+        assert np.array_equal(var.n_notes, np.where(var.start + 16 < len(q), 16, 15))
+        target = np.concatenate([orig.pitch[0], orig.rhythm[0]])
+        assert not np.array_equal(np.concatenate([base.pitch[0], base.rhythm[0]]), target)
+        mine = np.concatenate([var.pitch, var.rhythm], 1)[parent == 0]
+        assert (mine == target).all(1).any()  # one variant of the first window is the original's
+    # notes of equal length are none of them short: no variants
+    flat = Melody.from_notes(np.arange(60, 80), np.arange(20.0), np.ones(20))
+    var, parent = deletion_windows(flat, window_melody(flat, config=cfg), length=16)
+    assert len(var) == 0 and parent.size == 0
+    with pytest.raises(InvalidInputError):
+        deletion_windows(flat, window_melody(flat, config=cfg), length=16, short=0)
+
+
+def test_check_searches_deletion_variants_of_short_queries_only(catalogue, rng, monkeypatch):
+    from melodyguard.detect import DetectConfig
+
+    cat, mels = catalogue
+    src = mels[3]
+    p, o, d = src.pitches[:30], src.onsets_beats[:30], src.durations_beats[:30]
+    q = Melody.from_notes(*_ornamented(rng, p + 2, o, d, {4, 11, 19, 26}))
+    seen: list[int] = []
+    embed = cat.encoder.embed_tokens
+    monkeypatch.setattr(cat.encoder, "embed_tokens", lambda P, R: seen.append(len(P)) or embed(P, R))
+    on = check_melody(q, cat, config=DetectConfig(deletion_max_notes=48))
+    off = check_melody(q, cat)  # off by default
+    n_plain = (len(q) - 16 + 1) + (len(q) - 10 + 1)  # full and short windows
+    assert seen[1] == n_plain and seen[0] > 5 * n_plain
+    for rep in (on, off):
+        assert rep["verdict"] == "block" and rep["matches"][0]["work"]["title"] == "tune 3"
+        assert rep["matches"][0]["transposition_semitones"] == 2
+    # a query longer than the limit is searched as before
+    seen.clear()
+    check_melody(q, cat, config=DetectConfig(deletion_max_notes=len(q) - 1))
+    assert seen == [n_plain]
+    check_melody(q, cat, config=DetectConfig(deletion_max_notes=len(q)))
+    assert seen[-1] > 5 * n_plain
+    with pytest.raises(InvalidInputError):
+        DetectConfig(deletion_short=1.5)

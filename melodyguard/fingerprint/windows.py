@@ -45,6 +45,7 @@ __all__ = [
     "encode_notes",
     "window_melody",
     "short_windows",
+    "deletion_windows",
 ]
 
 #: Bumped whenever the token encoding changes; weights and indexes record it.
@@ -165,16 +166,65 @@ def short_windows(melody: Melody, *, length: int, n_notes: int, hop: int = 1) ->
 def _encode_many(pitches: np.ndarray, iois: np.ndarray, starts: np.ndarray, n: int, length: int):
     """:func:`encode_notes` for many windows of ``n`` notes at once (vectorised)."""
     idx = starts[:, None] + np.arange(n)[None, :]
-    p = pitches[idx].astype(np.int64)
-    d = iois[idx]
+    return _encode_rows(pitches[idx].astype(np.int64), iois[idx], length)
+
+
+def _encode_rows(p: np.ndarray, d: np.ndarray, length: int):
+    """Tokens of windows given as rows of ``n`` pitches and ``n`` inter-onset intervals."""
+    n = p.shape[1]
     refs = np.floor(np.median(p, axis=1)).astype(np.int64)
     meds = np.median(d, axis=1)
-    pitch = np.full((starts.size, length), PITCH_PAD, dtype=np.int64)
-    rhythm = np.full((starts.size, length), RHYTHM_PAD, dtype=np.int64)
+    pitch = np.full((p.shape[0], length), PITCH_PAD, dtype=np.int64)
+    rhythm = np.full((p.shape[0], length), RHYTHM_PAD, dtype=np.int64)
     pitch[:, :n] = np.clip(p - refs[:, None], -PITCH_RANGE, PITCH_RANGE) + PITCH_RANGE
     r = np.rint(2.0 * np.log2(d / meds[:, None]) + 1e-9)
     rhythm[:, :n] = np.clip(r, -RHYTHM_RANGE, RHYTHM_RANGE).astype(np.int64) + RHYTHM_RANGE
     return pitch, rhythm, refs, meds
+
+
+def deletion_windows(melody: Melody, windows: Windows, *, length: int,
+                     short: float = 0.75) -> tuple[Windows, np.ndarray]:
+    """Each of ``windows`` again with one short note deleted: the ornaments and passing notes a
+    copy adds, taken out again.
+
+    A note is short when its inter-onset interval is at most ``short`` times its window's
+    median. Each short note gives up to two variants, its time given to the note before (held
+    through) or to the note after (started early); the window then takes in the melody's next
+    note, so it keeps its length where the melody allows. A query searches them beside its
+    windows and keeps, per window and work, the closest hit of any variant.
+
+    Returns the variants and, for each, the row in ``windows`` it varies. Variants keep their
+    parent's ``start``; their reference pitch and median interval are their own.
+    """
+    if not 0 < short <= 1:
+        raise InvalidInputError(f"short must be in (0, 1]; got {short}")
+    n = len(melody)
+    pitches = np.asarray(melody.pitches, dtype=np.int64)
+    iois = _iois(melody.onsets_beats, melody.durations_beats)
+    groups: dict[int, tuple[list[list[int]], list[np.ndarray], list[int], list[int]]] = {}
+    for row, (s, m) in enumerate(zip(windows.start.tolist(), windows.n_notes.tolist())):
+        seg = iois[s:s + m]
+        end = min(s + m + 1, n)
+        for j in (np.flatnonzero(seg <= short * np.median(seg)) + s).tolist():
+            for nb in (j - 1, j + 1):
+                if nb < s or nb >= end:
+                    continue
+                idx = [k for k in range(s, end) if k != j][:m]
+                d = iois[idx]
+                d[idx.index(nb)] += iois[j]
+                g = groups.setdefault(len(idx), ([], [], [], []))
+                g[0].append(idx)
+                g[1].append(d)
+                g[2].append(row)
+                g[3].append(s)
+    parts, parents = [], []
+    for k, (g_idx, g_iois, g_rows, g_starts) in groups.items():
+        pitch, rhythm, refs, meds = _encode_rows(pitches[np.asarray(g_idx)], np.asarray(g_iois), length)
+        parts.append(Windows(pitch, rhythm, np.asarray(g_starts, np.int64), np.full(len(g_rows), k, np.int64), refs, meds))
+        parents.append(np.asarray(g_rows, np.int64))
+    if not parts:
+        return Windows.empty(length), np.zeros(0, np.int64)
+    return Windows.concat(parts), np.concatenate(parents)
 
 
 def window_melody(melody: Melody, *, config: WindowConfig = DEFAULT_WINDOW) -> Windows:
