@@ -1191,6 +1191,8 @@ def test_deletion_variants_take_an_added_ornament_out_again(rng):
     assert len(var) == 0 and parent.size == 0
     with pytest.raises(InvalidInputError):
         deletion_windows(flat, window_melody(flat, config=cfg), length=16, short=0)
+    with pytest.raises(InvalidInputError):  # windows of another, longer melody
+        deletion_windows(flat.slice(0, 17), window_melody(flat, config=cfg), length=16)
 
 
 def test_check_searches_deletion_variants_of_short_queries_only(catalogue, rng, monkeypatch):

@@ -199,6 +199,8 @@ def deletion_windows(melody: Melody, windows: Windows, *, length: int,
     if not 0 < short <= 1:
         raise InvalidInputError(f"short must be in (0, 1]; got {short}")
     n = len(melody)
+    if len(windows) and (int((windows.start + windows.n_notes).max()) > n or int(windows.n_notes.max()) > length):
+        raise InvalidInputError(f"windows do not belong to this melody of {n} notes or exceed length {length}")
     pitches = np.asarray(melody.pitches, dtype=np.int64)
     iois = _iois(melody.onsets_beats, melody.durations_beats)
     groups: dict[int, tuple[list[list[int]], list[np.ndarray], list[int], list[int]]] = {}
