@@ -64,6 +64,21 @@ def test_fingerprint_first_phase_trains_only_the_fingerprint_path(tmp_path, rng)
                   run_dir=tmp_path / "b", progress=False, init_state=init)
 
 
+def test_views_without_the_shift_start_on_their_window_s_own_note(rng):
+    """``shift=False`` (the first phase's second stage): view B starts on A's own note, so an
+    unedited view is A itself; with the shift, about two in three views start a note away."""
+    from melodyguard.model.train import WindowSampler
+
+    mels = [Melody.from_notes(*random_melody(rng, 40)) for _ in range(5)]
+    same = {}
+    for shift in (False, True):
+        sampler = WindowSampler(mels, length=16, seed=3)
+        b = sampler.sample(300, levels=(("none", 1.0),), short_prob=0.0, shift=shift)
+        same[shift] = ((b["a_pitch"] == b["b_pitch"]) & (b["a_rhythm"] == b["b_rhythm"])).all(1).float().mean()
+    assert same[False] == 1.0
+    assert 0.2 < same[True] < 0.6
+
+
 def test_embedding_shapes_norm_and_determinism(tiny_weights, rng):
     enc = Encoder.load(tiny_weights)
     mel = Melody.from_notes(*random_melody(rng, 40))
@@ -187,7 +202,13 @@ def test_shipped_weights_manifest_and_invariance(shipped_encoder, rng):
     man = shipped_encoder.manifest
     assert man["preset"] == "default-detail" and man["training"]["init_from"]["preset"] == "default"
     assert man["training"]["init_from"]["frozen_fingerprint"] is True
-    for data in (man["training"]["data"], man["training"]["init_from"]["training"]["data"]):
+    # every phase and stage, down the chain of initial weights, trained on licensed collections
+    stages, training = [], man["training"]
+    while training is not None:
+        stages.append(training)
+        training = training.get("init_from", {}).get("training")
+    assert len(stages) == 3 and [t["train_config"].get("shift", True) for t in stages[1:]] == [False, True]
+    for data in (t["data"] for t in stages):
         assert not set(data["collections"]) & set(HELDOUT_COLLECTIONS)
         assert "essen" not in json.dumps(data).lower().replace("never essen", "")
     assert man["fingerprint_id"] == shipped_encoder.fingerprint
@@ -267,18 +288,25 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
                        batch_size=8, progress=False)
     first = Encoder.load(run / "phase1.pt")
     assert first.config.name == "tiny" and first.manifest["training"]["steps"] == 2
-    # the first phase trains the fingerprint alone (PHASE1), the second the decoder
+    # the first phase trains the fingerprint alone (PHASE1), in two stages: the second stage
+    # without the one-note shift, from the first; then the second phase trains the decoder
     assert first.manifest["training"]["train_config"]["reconstruction"] is False
+    assert first.manifest["training"]["train_config"]["shift"] is True
+    stage_b = Encoder.load(run / "phase1b.pt")
+    assert stage_b.config.name == "tiny" and stage_b.manifest["training"]["train_config"]["shift"] is False
+    assert stage_b.manifest["training"]["init_from"]["sha256"] == first.manifest["sha256"]
+    assert stage_b.fingerprint != first.fingerprint
+    assert man["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
     assert man["training"]["train_config"]["reconstruction"] is True
     assert man["training"]["train_config"]["freeze_fingerprint"] is True
     assert man["preset"] == "tiny-detail" and man["training"]["steps"] == 2
     assert man["training"]["init_from"]["preset"] == "tiny" and man["training"]["init_from"]["frozen_fingerprint"]
-    assert man["fingerprint_id"] == first.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
-    stamp = (run / "phase1.pt").stat().st_mtime_ns
+    assert man["fingerprint_id"] == stage_b.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
+    stamps = [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")]
     again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
                          batch_size=8, progress=False)
-    assert (run / "phase1.pt").stat().st_mtime_ns == stamp
-    assert again["training"]["init_from"]["sha256"] == first.manifest["sha256"]
+    assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")] == stamps
+    assert again["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
 
 
 def test_freezing_needs_initial_weights_that_fit(tiny_weights, tmp_path):

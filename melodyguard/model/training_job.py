@@ -56,9 +56,10 @@ def run_training(
     fits the preset; ``freeze_fingerprint`` then trains only the detail encoder and the
     decoder, with the preset's second-phase settings (``PHASE2``). A two-phase preset
     (``FIRST_PHASE``, e.g. ``default-detail``) without ``init_from`` trains its first phase
-    (``PHASE1``: the fingerprint alone) into ``run_dir/phase1.pt`` (checkpoints in
-    ``run_dir/phase1``; reused when finished) and then the second from it; ``steps`` and
-    ``batch_size`` then apply to both phases.
+    (``PHASE1``: the fingerprint alone, in stages) into ``run_dir/phase1.pt``,
+    ``run_dir/phase1b.pt``, ... (checkpoints in ``run_dir/phase1``, ...; each reused when
+    finished) and then the second from the last; ``steps`` and ``batch_size`` then apply to
+    every stage and phase.
     ``train_config`` replaces the settings this call would choose (seed, ``steps`` and
     ``batch_size`` still apply). Returns the manifest written beside ``out``.
     """
@@ -66,11 +67,8 @@ def run_training(
     if freeze_fingerprint and init_from is None:
         raise ConfigError("--freeze-fingerprint needs --init-from WEIGHTS")
     if init_from is None and preset in FIRST_PHASE:
-        init_from = Path(run_dir) / "phase1.pt"
-        if not (init_from.is_file() and init_from.with_suffix(".manifest.json").is_file()):
-            run_training(preset=FIRST_PHASE[preset], steps=steps, batch_size=batch_size, corpus=corpus,
-                         midi_dir=midi_dir, run_dir=Path(run_dir) / "phase1", out=init_from, seed=seed,
-                         progress=progress, train_config=PHASE1.get(FIRST_PHASE[preset]))
+        init_from = _first_phase(FIRST_PHASE[preset], steps=steps, batch_size=batch_size, corpus=corpus,
+                                 midi_dir=midi_dir, run_dir=Path(run_dir), seed=seed, progress=progress)
         freeze_fingerprint = True
     init_state, init_manifest = None, None
     if init_from is not None:
@@ -115,6 +113,25 @@ def run_training(
     summary["data"] = data
     summary["wall_seconds_this_run"] = round(time.time() - t0, 1)
     return save_weights(model, out, extra={"training": summary})
+
+
+def _first_phase(first: str, *, steps: int | None, batch_size: int | None, corpus: Path | None,
+                 midi_dir: Path | None, run_dir: Path, seed: int, progress: bool) -> Path:
+    """Train the first phase's stages (``PHASE1[first]``) in order, each initialised from the one
+    before, into ``run_dir/phase1.pt``, ``run_dir/phase1b.pt``, ... (checkpoints in
+    ``run_dir/phase1``, ``run_dir/phase1b``, ...). A stage whose weights and manifest exist is
+    reused. Returns the last stage's weights."""
+    prev: Path | None = None
+    for i, tc in enumerate(PHASE1.get(first, (TrainConfig(),))):
+        name = "phase1" + ("" if i == 0 else chr(ord("a") + i))
+        out = run_dir / f"{name}.pt"
+        if not (out.is_file() and out.with_suffix(".manifest.json").is_file()):
+            run_training(preset=first, steps=steps, batch_size=batch_size, corpus=corpus, midi_dir=midi_dir,
+                         run_dir=run_dir / name, out=out, seed=seed, progress=progress, init_from=prev,
+                         train_config=tc)
+        prev = out
+    assert prev is not None
+    return prev
 
 
 def export_checkpoint(run_dir: Path, out: Path) -> dict[str, Any]:
