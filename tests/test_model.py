@@ -307,6 +307,15 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
                          batch_size=8, progress=False)
     assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")] == stamps
     assert again["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
+    # a later stage trained from other weights than the stage before it is not built on
+    mpath = run / "phase1b.manifest.json"
+    stale = json.loads(mpath.read_text())
+    stale["training"]["init_from"]["sha256"] = "0" * 64
+    mpath.write_text(json.dumps(stale))
+    with pytest.raises(ConfigError, match="other weights than phase1.pt"):
+        run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w3.pt", steps=2,
+                     batch_size=8, progress=False)
+    assert not (tmp_path / "w3.pt").exists()
 
 
 def test_freezing_needs_initial_weights_that_fit(tiny_weights, tmp_path):

@@ -8,8 +8,9 @@ Objective per batch of windows A and edited views B of the same windows:
   (``free_bits`` nats per dimension), so the latent stays in use;
 - contrastive (InfoNCE): the L2-normalised means of A and B must be each other's nearest
   neighbours in the batch. B is A's window edited by :mod:`melodyguard.augment` (light, medium
-  or heavy), shifted by up to one note (unless ``TrainConfig.shift`` is off) and sometimes cut to 8-15 notes. This is what makes the
-  latent a retrieval space and not only a reconstruction space. Pairs whose clean windows are
+  or heavy), shifted by up to one note (unless ``TrainConfig.shift`` is off) and sometimes cut
+  to 8-15 notes. This is what makes the latent a retrieval space and not only a reconstruction
+  space. Pairs whose clean windows are
   identical (stock material repeated across tunes) are not counted as negatives.
 """
 
@@ -79,10 +80,9 @@ class TrainConfig:
 #: fingerprint retrieves better (docs/benchmarks.md, "What the seventeenth session shipped").
 #: The second stage, 1,000 steps at a low learning rate without the one-note shift of view B,
 #: teaches the fingerprint to tell a window from its neighbours: held-out window retrieval
-#: 0.8675 / 0.7375 / 0.376 -> 0.9065 / 0.758 / 0.4155 (light / medium / heavy) in the
-#: twenty-second session's probe, against 0.87 / 0.7405 / 0.3735 for the same steps with the
-#: shift (docs/benchmarks.md, "A first-phase stage without the one-note shift"). Training a
-#: first-phase preset on its own keeps the joint recipe.
+#: 0.8675 / 0.7375 / 0.376 -> 0.9035 / 0.758 / 0.4195 (light / medium / heavy), where as many
+#: steps with the shift changed nothing (docs/benchmarks.md, "A first-phase stage without the
+#: one-note shift"). Training a first-phase preset on its own keeps the joint recipe.
 PHASE1: dict[str, tuple[TrainConfig, ...]] = {
     "default": (TrainConfig(steps=9000, reconstruction=False),
                 TrainConfig(steps=1000, lr=3e-4, reconstruction=False, shift=False)),

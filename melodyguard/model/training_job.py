@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -120,12 +121,26 @@ def _first_phase(first: str, *, steps: int | None, batch_size: int | None, corpu
     """Train the first phase's stages (``PHASE1[first]``) in order, each initialised from the one
     before, into ``run_dir/phase1.pt``, ``run_dir/phase1b.pt``, ... (checkpoints in
     ``run_dir/phase1``, ``run_dir/phase1b``, ...). A stage whose weights and manifest exist is
-    reused. Returns the last stage's weights."""
+    reused, unless it was trained from other weights than the stage before it: that raises
+    ``ConfigError`` rather than build on a stale stage. Returns the last stage's weights."""
+    from .encoder import sha256_file
+
     prev: Path | None = None
     for i, tc in enumerate(PHASE1.get(first, (TrainConfig(),))):
         name = "phase1" + ("" if i == 0 else chr(ord("a") + i))
         out = run_dir / f"{name}.pt"
-        if not (out.is_file() and out.with_suffix(".manifest.json").is_file()):
+        manifest = out.with_suffix(".manifest.json")
+        if out.is_file() and manifest.is_file():
+            if prev is not None:
+                try:
+                    began = json.loads(manifest.read_text())["training"]["init_from"]["sha256"]
+                except (ValueError, KeyError, TypeError):
+                    began = None
+                if began != sha256_file(prev):
+                    raise ConfigError(
+                        f"{out} was trained from other weights than {prev.name}; remove {out.name} and "
+                        f"{name}/ from {run_dir}, or use a new --run-dir")
+        else:
             run_training(preset=first, steps=steps, batch_size=batch_size, corpus=corpus, midi_dir=midi_dir,
                          run_dir=run_dir / name, out=out, seed=seed, progress=progress, init_from=prev,
                          train_config=tc)
