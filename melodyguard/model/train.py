@@ -10,8 +10,8 @@ Objective per batch of windows A and edited views B of the same windows:
   neighbours in the batch. B is A's window edited by :mod:`melodyguard.augment` (light, medium
   or heavy), shifted by up to one note (unless ``TrainConfig.shift`` is off) and sometimes cut
   to 8-15 notes. This is what makes the latent a retrieval space and not only a reconstruction
-  space. Pairs whose clean windows are
-  identical (stock material repeated across tunes) are not counted as negatives.
+  space. Pairs whose clean windows are identical (stock material repeated across tunes) are
+  not counted as negatives.
 """
 
 from __future__ import annotations
