@@ -211,10 +211,10 @@ def test_ctrl_c_stops_a_parallel_audit_cleanly_and_it_resumes(small_catalogue, t
 
     cat, mels = small_catalogue
     n_files = 300
+    (tmp_path / "in").mkdir()
     for i in range(n_files):
         m = mels[i % len(mels)]
         notes = (m.pitches + 2, m.onsets_beats, m.durations_beats) if i % 4 == 0 else random_melody(rng, 36)
-        (tmp_path / "in").mkdir(exist_ok=True)
         (tmp_path / "in" / f"f{i:03d}.mid").write_bytes(melody_midi(*notes))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "melodyguard", "audit", str(tmp_path / "in"), "--out", str(out),
