@@ -18,7 +18,7 @@ from melodyguard.errors import ConfigError, IndexVersionError, ModelVersionError
 from melodyguard.fingerprint import extract_melody
 from melodyguard.model.config import preset
 from melodyguard.model.encoder import Encoder, record_evaluation
-from melodyguard.model.train import TrainConfig, train_vae
+from melodyguard.model.train import PHASE1, PHASE2, TrainConfig, train_vae
 
 
 def test_training_resumes_from_checkpoint(tmp_path, rng):
@@ -207,7 +207,13 @@ def test_shipped_weights_manifest_and_invariance(shipped_encoder, rng):
     while training is not None:
         stages.append(training)
         training = training.get("init_from", {}).get("training")
-    assert len(stages) == 3 and [t["train_config"].get("shift", True) for t in stages[1:]] == [False, True]
+    # ... and they are the recipe that `melodyguard train` runs: PHASE1's stages, then PHASE2
+    recipe = [*PHASE1["default"], PHASE2["default-detail"]]
+    assert len(stages) == len(recipe)
+    for got, want in zip(reversed(stages), recipe):
+        for key in ("steps", "lr", "shift", "temperature", "reconstruction", "freeze_fingerprint", "beta"):
+            # the first stage predates the `shift` setting: absent, it is the default (True)
+            assert got["train_config"].get(key, getattr(TrainConfig(), key)) == getattr(want, key), key
     for data in (t["data"] for t in stages):
         assert not set(data["collections"]) & set(HELDOUT_COLLECTIONS)
         assert "essen" not in json.dumps(data).lower().replace("never essen", "")
@@ -288,25 +294,32 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
                        batch_size=8, progress=False)
     first = Encoder.load(run / "phase1.pt")
     assert first.config.name == "tiny" and first.manifest["training"]["steps"] == 2
-    # the first phase trains the fingerprint alone (PHASE1), in two stages: the second stage
-    # without the one-note shift, from the first; then the second phase trains the decoder
+    # the first phase trains the fingerprint alone (PHASE1), in three stages: the second
+    # without the one-note shift, from the first; the third from the second at a lower
+    # contrastive temperature; then the second phase trains the decoder
     assert first.manifest["training"]["train_config"]["reconstruction"] is False
     assert first.manifest["training"]["train_config"]["shift"] is True
     stage_b = Encoder.load(run / "phase1b.pt")
     assert stage_b.config.name == "tiny" and stage_b.manifest["training"]["train_config"]["shift"] is False
     assert stage_b.manifest["training"]["init_from"]["sha256"] == first.manifest["sha256"]
     assert stage_b.fingerprint != first.fingerprint
-    assert man["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
+    stage_c = Encoder.load(run / "phase1c.pt")
+    assert stage_c.manifest["training"]["train_config"]["temperature"] == 0.05
+    assert stage_c.manifest["training"]["train_config"]["temperature"] < \
+        stage_b.manifest["training"]["train_config"]["temperature"]
+    assert stage_c.manifest["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
+    assert stage_c.fingerprint != stage_b.fingerprint
+    assert man["training"]["init_from"]["sha256"] == stage_c.manifest["sha256"]
     assert man["training"]["train_config"]["reconstruction"] is True
     assert man["training"]["train_config"]["freeze_fingerprint"] is True
     assert man["preset"] == "tiny-detail" and man["training"]["steps"] == 2
     assert man["training"]["init_from"]["preset"] == "tiny" and man["training"]["init_from"]["frozen_fingerprint"]
-    assert man["fingerprint_id"] == stage_b.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
-    stamps = [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")]
+    assert man["fingerprint_id"] == stage_c.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
+    stamps = [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt", "phase1c.pt")]
     again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
                          batch_size=8, progress=False)
-    assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")] == stamps
-    assert again["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
+    assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt", "phase1c.pt")] == stamps
+    assert again["training"]["init_from"]["sha256"] == stage_c.manifest["sha256"]
     # a later stage trained from other weights than the stage before it is not built on
     mpath = run / "phase1b.manifest.json"
     stale = json.loads(mpath.read_text())
