@@ -13,17 +13,16 @@ same output folder skips every file already in it (a half-written last line is d
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import json
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from ._interrupt import sigint_as_flag
 from .errors import InvalidInputError, MelodyGuardError
 from .evidence import _CSS, bar_span, write_html_report
 
@@ -81,30 +80,6 @@ def _read_done(results: Path) -> dict[str, dict[str, Any]]:
     with open(results, "w", encoding="utf-8") as f:
         f.writelines(good)
     return done
-
-
-@contextlib.contextmanager
-def _sigint_as_flag() -> Iterator[threading.Event]:
-    """Ctrl-C sets the yielded flag instead of raising, while a worker pool runs.
-
-    A KeyboardInterrupt raised at an arbitrary point of the pool's bookkeeping can leave one of
-    its locks held, and the interpreter then hangs at exit joining the pool's thread. Between
-    waits the loop turns the flag into a KeyboardInterrupt itself; further Ctrl-Cs during the
-    shutdown only set the flag again. Only the main thread can own signals, and a process that
-    ignores SIGINT (or has its own handler) keeps it as it is.
-    """
-    import signal
-
-    flag = threading.Event()
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield flag
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # Worker state: one catalogue per process, opened once.
@@ -222,7 +197,7 @@ def _run_audit_locked(
         else:
             ex = ProcessPoolExecutor(jobs, initializer=_init_worker,
                                      initargs=(str(catalogue_dir), str(weights) if weights else None, True, tracks))
-            with _sigint_as_flag() as interrupted:
+            with sigint_as_flag() as interrupted:
                 try:
                     pending = {ex.submit(_check_one, p) for p in todo}
                     while pending:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._interrupt import exit_on_further_interrupts
 from .errors import MelodyGuardError
 
 __all__ = ["main", "EXIT_OK", "EXIT_REVIEW", "EXIT_BLOCK", "EXIT_USAGE", "EXIT_ERROR"]
@@ -125,31 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err((str(exc).splitlines()[0] if str(exc) else type(exc).__name__) + (f" (catalogue: {where})" if where else ""))
         return EXIT_ERROR
     except KeyboardInterrupt:
-        _exit_on_further_interrupts()
+        exit_on_further_interrupts()
         _err("interrupted")
         return 130
     except BrokenPipeError:
         return EXIT_OK
-
-
-def _exit_on_further_interrupts() -> None:
-    """After Ctrl-C, another one ends the process at once, quietly (not a traceback from
-    whatever exit handler it lands in, nor a wait on one that hangs)."""
-    import os
-    import signal
-    import threading
-
-    def _now(signum: int, frame: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001 - a flush interrupted mid-write; exiting anyway
-                pass
-        os._exit(130)
-
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-        signal.signal(signal.SIGINT, _now)
 
 
 def _json_default(o: Any) -> Any:

@@ -210,6 +210,13 @@ def _part_data(part: Any) -> dict[str, Any]:
     }
 
 
+def _ignore_sigint() -> None:
+    """Pool initializer: Ctrl-C is the parent's to handle."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _extract(unit: tuple[str, str, str, str]) -> list[Row]:
     """Worker: parse one unit with music21 and return its tunes' notes (or the error)."""
     key, coll, kind, payload = unit
@@ -279,9 +286,12 @@ def build_corpus(
 
     Tunes already in the cache are skipped, so an interrupted run resumes where it stopped.
     """
+    from multiprocessing import TimeoutError as mp_TimeoutError
     from multiprocessing import get_context
 
     from tqdm import tqdm
+
+    from ._interrupt import sigint_as_flag
 
     path = path or default_corpus_path()
     con = _connect(path)
@@ -294,28 +304,49 @@ def build_corpus(
     todo = [u for u in units if u[0] not in done]
     t0 = time.perf_counter()
     n_ok = n_err = 0
-    if todo:
-        ctx = get_context("fork") if hasattr(os, "fork") else get_context()
-        with ctx.Pool(max(1, jobs)) as pool:
-            it = pool.imap_unordered(_extract, todo, chunksize=8)
-            bar = tqdm(it, total=len(todo), desc="corpus", unit="file", disable=not progress)
-            batch: list[tuple[Any, ...]] = []
-            for rows in bar:
-                for key, coll, title, data, err in rows:
-                    n = len(data["pitches"]) if data else 0
-                    batch.append(
-                        (key, coll, title, _split_of(key, coll), n, json.dumps(data) if data else None, err)
-                    )
-                    n_ok += err is None
-                    n_err += err is not None
-                if len(batch) >= 100:
-                    con.executemany("INSERT OR REPLACE INTO tunes VALUES (?,?,?,?,?,?,?)", batch)
-                    con.commit()
-                    batch = []
-            if batch:
-                con.executemany("INSERT OR REPLACE INTO tunes VALUES (?,?,?,?,?,?,?)", batch)
-                con.commit()
-    con.close()
+    batch: list[tuple[Any, ...]] = []
+
+    def store() -> None:
+        con.executemany("INSERT OR REPLACE INTO tunes VALUES (?,?,?,?,?,?,?)", batch)
+        con.commit()
+        batch.clear()
+
+    try:
+        if todo:
+            ctx = get_context("fork") if hasattr(os, "fork") else get_context()
+            # Ctrl-C only sets a flag while the pool runs (the workers ignore it): the loop
+            # stops between results, keeps what was parsed and ends the pool, and further
+            # Ctrl-Cs cannot break that shutdown (see ``_interrupt``).
+            with sigint_as_flag() as interrupted, ctx.Pool(max(1, jobs), initializer=_ignore_sigint) as pool:
+                # chunksize 1: an iterator whose next() takes a timeout (larger chunks give a generator)
+                it = pool.imap_unordered(_extract, todo, chunksize=1)
+                bar = tqdm(total=len(todo), desc="corpus", unit="file", disable=not progress)
+                try:
+                    for _ in range(len(todo)):  # one result per unit
+                        while True:
+                            if interrupted.is_set():
+                                raise KeyboardInterrupt
+                            try:
+                                rows = it.next(timeout=0.2)
+                                break
+                            except mp_TimeoutError:
+                                continue
+                        bar.update(1)
+                        for key, coll, title, data, err in rows:
+                            n = len(data["pitches"]) if data else 0
+                            batch.append(
+                                (key, coll, title, _split_of(key, coll), n, json.dumps(data) if data else None, err)
+                            )
+                            n_ok += err is None
+                            n_err += err is not None
+                        if len(batch) >= 100:
+                            store()
+                finally:  # interrupted too: what was parsed stays, and a re-run resumes after it
+                    bar.close()
+                    if batch:
+                        store()
+    finally:
+        con.close()
     return {
         "path": str(path),
         "units": len(units),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from melodyguard._interrupt import exit_on_further_interrupts  # noqa: E402
 from melodyguard.corpus import COLLECTIONS, DEFAULT_COLLECTIONS, build_corpus, default_corpus_path  # noqa: E402
 
 
@@ -27,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: the training and held-out folk collections; add palestrina for the other-style benchmark")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
-    stats = build_corpus(a.out, collections=a.collections, limit=a.limit, jobs=a.jobs, progress=not a.quiet)
+    try:
+        stats = build_corpus(a.out, collections=a.collections, limit=a.limit, jobs=a.jobs, progress=not a.quiet)
+    except KeyboardInterrupt:
+        exit_on_further_interrupts()
+        print("interrupted: the tunes exported so far are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     print(json.dumps(stats))
     return 0
 

@@ -57,3 +57,51 @@ def test_voices_of_a_mass_are_held_out_tunes_that_name_their_mass(tmp_path):
 
 def test_default_export_leaves_out_the_other_style():
     assert "palestrina" not in {u[1] for u in list_units()[:2000]}
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_exported_tunes_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C, pressed again and again, stops a parallel export promptly with a message and no
+    traceback (from the workers or from exit handlers); the tunes parsed so far are in the cache
+    (not only the last 100-row batch), and a re-run parses only the rest."""
+    import re
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    db, limit = tmp_path / "corpus.sqlite", 120
+    colls = ["ryansMammoth", "essenFolksong"]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_corpus.py"
+    cmd = [sys.executable, str(script), "--out", str(db), "--limit", str(limit), "--jobs", "2",
+           "--collections", *colls]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(x) for x in re.findall(rf"(\d+)/{limit}", "".join(err))]
+        if done and max(done) >= 16:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the export finished before it could be interrupted; raise the limit"
+    for _ in range(50):  # a double Ctrl-C, `timeout -s INT` (process, then group), an impatient user
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    out, _ = proc.communicate(timeout=60)  # a pool shutdown broken by a second Ctrl-C could hang here
+    reader.join(timeout=10)
+    text = "".join(err)
+    assert proc.returncode == 130, text[-2000:]
+    assert "interrupted" in text and "Traceback" not in text and "KeyboardInterrupt" not in text, text[-2000:]
+    with sqlite3.connect(db) as con:
+        kept = con.execute("SELECT COUNT(*) FROM tunes").fetchone()[0]
+    assert 16 <= kept < limit  # fewer than a 100-row batch: only the commit on interruption stored them
+    again = build_corpus(db, collections=colls, limit=limit, jobs=2, progress=False)
+    assert again["reused"] == kept and again["parsed"] + again["failed"] == limit - kept
