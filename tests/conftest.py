@@ -172,3 +172,33 @@ def make_catalogue_melodies(rng: np.random.Generator, n: int, length: int = 40):
     from melodyguard import Melody
 
     return [Melody.from_notes(*random_melody(rng, length)) for _ in range(n)]
+
+
+def interruptible(cmd: list[str], **kwargs):
+    """Start ``cmd`` with SIGINT reaching Python's handler (not inherited as ignored from a
+    background shell), stdout and stderr piped as text."""
+    import signal
+    import subprocess
+
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def interrupt_when(proc, ready, *, presses: int, too_soon: str, timeout: float = 120.0, poll: float = 0.01) -> None:
+    """Wait until ``ready()`` (or ``timeout``), require that ``proc`` still runs (``too_soon``
+    otherwise), then press Ctrl-C up to ``presses`` times, 10 ms apart, until it exits: a double
+    Ctrl-C, `timeout -s INT` (process, then group), an impatient user."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            break
+        time.sleep(poll)
+    assert proc.poll() is None, too_soon
+    for _ in range(presses):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)

@@ -65,36 +65,29 @@ def test_ctrl_c_keeps_the_exported_tunes_and_a_rerun_resumes(tmp_path):
     traceback (from the workers or from exit handlers); the tunes parsed so far are in the cache
     (not only the last 100-row batch), and a re-run parses only the rest."""
     import re
-    import signal
     import sqlite3
-    import subprocess
     import sys
     import threading
-    import time
     from pathlib import Path
+
+    from conftest import interrupt_when, interruptible
 
     db, limit = tmp_path / "corpus.sqlite", 120
     colls = ["ryansMammoth", "essenFolksong"]
     script = Path(__file__).resolve().parents[1] / "scripts" / "build_corpus.py"
     cmd = [sys.executable, str(script), "--out", str(db), "--limit", str(limit), "--jobs", "2",
            "--collections", *colls]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = interruptible(cmd)
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
     reader.start()
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+
+    def parsed_enough() -> bool:
         done = [int(x) for x in re.findall(rf"(\d+)/{limit}", "".join(err))]
-        if done and max(done) >= 16:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the export finished before it could be interrupted; raise the limit"
-    for _ in range(50):  # a double Ctrl-C, `timeout -s INT` (process, then group), an impatient user
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.01)
+        return bool(done) and max(done) >= 16
+
+    interrupt_when(proc, parsed_enough, presses=50, poll=0.02,
+                   too_soon="the export finished before it could be interrupted; raise the limit")
     out, _ = proc.communicate(timeout=60)  # a pool shutdown broken by a second Ctrl-C could hang here
     reader.join(timeout=10)
     text = "".join(err)

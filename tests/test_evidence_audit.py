@@ -7,7 +7,13 @@ import re
 
 import numpy as np
 import pytest
-from conftest import make_catalogue_melodies, melody_midi, random_melody
+from conftest import (
+    interrupt_when,
+    interruptible,
+    make_catalogue_melodies,
+    melody_midi,
+    random_melody,
+)
 
 from melodyguard import Catalogue, Melody, check_file, check_melody, cli
 from melodyguard.audit import collect_files, run_audit, self_audit
@@ -207,7 +213,6 @@ def test_ctrl_c_stops_a_parallel_audit_cleanly_and_it_resumes(small_catalogue, t
     import signal
     import subprocess
     import sys
-    import time
 
     cat, mels = small_catalogue
     n_files = 300
@@ -219,21 +224,10 @@ def test_ctrl_c_stops_a_parallel_audit_cleanly_and_it_resumes(small_catalogue, t
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "melodyguard", "audit", str(tmp_path / "in"), "--out", str(out),
            "--jobs", "2", "--catalogue", str(cat.path)]
-    # SIGINT must reach Python's handler: not inherited as ignored from a background shell
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = interruptible(cmd)
     results = out / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the audit finished before it could be interrupted; give it more files"
-    for _ in range(100):  # a double Ctrl-C, `timeout -s INT` (process, then group), an impatient user
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.01)
+    interrupt_when(proc, lambda: results.exists() and results.read_text().count("\n") >= 3, presses=100,
+                   too_soon="the audit finished before it could be interrupted; give it more files")
     _, err = proc.communicate(timeout=60)  # a pool left with a lock held would hang here
     assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     assert "interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
