@@ -294,32 +294,52 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
                        batch_size=8, progress=False)
     first = Encoder.load(run / "phase1.pt")
     assert first.config.name == "tiny" and first.manifest["training"]["steps"] == 2
-    # the first phase trains the fingerprint alone (PHASE1), in three stages: the second
-    # without the one-note shift, from the first; the third from the second at a lower
-    # contrastive temperature; then the second phase trains the decoder
-    assert first.manifest["training"]["train_config"]["reconstruction"] is False
-    assert first.manifest["training"]["train_config"]["shift"] is True
-    stage_b = Encoder.load(run / "phase1b.pt")
-    assert stage_b.config.name == "tiny" and stage_b.manifest["training"]["train_config"]["shift"] is False
-    assert stage_b.manifest["training"]["init_from"]["sha256"] == first.manifest["sha256"]
-    assert stage_b.fingerprint != first.fingerprint
-    stage_c = Encoder.load(run / "phase1c.pt")
-    assert stage_c.manifest["training"]["train_config"]["temperature"] == 0.05
-    assert stage_c.manifest["training"]["train_config"]["temperature"] < \
-        stage_b.manifest["training"]["train_config"]["temperature"]
-    assert stage_c.manifest["training"]["init_from"]["sha256"] == stage_b.manifest["sha256"]
-    assert stage_c.fingerprint != stage_b.fingerprint
-    assert man["training"]["init_from"]["sha256"] == stage_c.manifest["sha256"]
+    # the first phase trains the fingerprint alone (PHASE1), each edited view starting on its
+    # window's own note, at contrastive temperature 0.05; then the second phase trains the decoder
+    tc = first.manifest["training"]["train_config"]
+    assert tc["reconstruction"] is False and tc["shift"] is False and tc["temperature"] == 0.05
+    assert len(PHASE1["tiny"]) == len(PHASE1["default"]) and not (run / "phase1b.pt").exists()
+    assert man["training"]["init_from"]["sha256"] == first.manifest["sha256"]
     assert man["training"]["train_config"]["reconstruction"] is True
     assert man["training"]["train_config"]["freeze_fingerprint"] is True
     assert man["preset"] == "tiny-detail" and man["training"]["steps"] == 2
     assert man["training"]["init_from"]["preset"] == "tiny" and man["training"]["init_from"]["frozen_fingerprint"]
-    assert man["fingerprint_id"] == stage_c.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
-    stamps = [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt", "phase1c.pt")]
+    assert man["fingerprint_id"] == first.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
+    stamp = (run / "phase1.pt").stat().st_mtime_ns
     again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
                          batch_size=8, progress=False)
-    assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt", "phase1c.pt")] == stamps
-    assert again["training"]["init_from"]["sha256"] == stage_c.manifest["sha256"]
+    assert (run / "phase1.pt").stat().st_mtime_ns == stamp
+    assert again["training"]["init_from"]["sha256"] == first.manifest["sha256"]
+
+
+def test_first_phase_stages_are_chained_and_a_stale_stage_is_refused(tmp_path, rng, monkeypatch):
+    """A first phase of several stages trains each from the one before, into phase1.pt,
+    phase1b.pt, ...; a finished stage is reused, but not one trained from other weights."""
+    from melodyguard.model.training_job import run_training
+
+    one = PHASE1["tiny"][0]
+    monkeypatch.setitem(PHASE1, "tiny", (dataclasses.replace(one, shift=True, temperature=0.1),
+                                         dataclasses.replace(one, lr=3e-4)))
+    midi = tmp_path / "midi"
+    midi.mkdir()
+    for i in range(4):
+        (midi / f"m{i}.mid").write_bytes(melody_midi(*random_melody(rng, 28)))
+    run = tmp_path / "run"
+    man = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w.pt", steps=2,
+                       batch_size=8, progress=False)
+    first, second = Encoder.load(run / "phase1.pt"), Encoder.load(run / "phase1b.pt")
+    assert first.manifest["training"]["train_config"]["shift"] is True
+    assert second.manifest["training"]["train_config"]["shift"] is False
+    assert second.manifest["training"]["train_config"]["lr"] == 3e-4
+    assert second.manifest["training"]["init_from"]["sha256"] == first.manifest["sha256"]
+    assert second.fingerprint != first.fingerprint
+    assert man["training"]["init_from"]["sha256"] == second.manifest["sha256"]
+    assert man["fingerprint_id"] == second.fingerprint
+    stamps = [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")]
+    again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
+                         batch_size=8, progress=False)
+    assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")] == stamps
+    assert again["training"]["init_from"]["sha256"] == second.manifest["sha256"]
     # a later stage trained from other weights than the stage before it is not built on
     mpath = run / "phase1b.manifest.json"
     stale = json.loads(mpath.read_text())

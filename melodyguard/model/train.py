@@ -75,25 +75,19 @@ class TrainConfig:
 
 #: First-phase stages of the two-phase presets (``training_job.FIRST_PHASE``), trained in order,
 #: each from the one before: the contrastive term alone on the fingerprint path
-#: (``reconstruction=False``); the second phase then trains the decoder. A step costs 0.28 s
-#: against 0.42 s for both at once, so the hour holds 9,000 steps instead of 8,000 and the
+#: (``reconstruction=False``); the second phase then trains the decoder. A step costs 0.28–0.31 s
+#: against 0.42 s for both at once, so the hour holds 11,000 steps instead of 8,000 and the
 #: fingerprint retrieves better (docs/benchmarks.md, "What the seventeenth session shipped").
-#: The second stage, 1,000 steps at a low learning rate without the one-note shift of view B,
-#: teaches the fingerprint to tell a window from its neighbours: held-out window retrieval
-#: 0.8675 / 0.7375 / 0.376 -> 0.9035 / 0.758 / 0.4195 (light / medium / heavy), where as many
-#: steps with the shift changed nothing (docs/benchmarks.md, "A first-phase stage without the
-#: one-note shift"). The third, 1,000 more such steps at half the contrastive temperature
-#: (0.05), sharpens the same distinction at the medium and heavy levels, where 1,000 steps at
-#: 0.1 changed little (docs/benchmarks.md, "A third first-phase stage at temperature 0.05").
-#: Training a first-phase preset on its own keeps the joint recipe.
+#: Earlier recipes trained 9,000 steps with edited views starting up to a note away from their
+#: window at temperature 0.1, then 1,000 steps without that shift and 1,000 at temperature 0.05
+#: (held-out window retrieval, medium edits, 0.7375 -> 0.758 -> 0.7735). The shift taught the
+#: fingerprint that a window's neighbours are the same window, and a lower temperature weighs
+#: the hardest negatives more; so the whole first phase now trains without the shift at 0.05, in
+#: one stage: medium 0.81, heavy 0.5045 (docs/benchmarks.md, "One first-phase stage without the
+#: shift at temperature 0.05"). Training a first-phase preset on its own keeps the joint recipe.
 PHASE1: dict[str, tuple[TrainConfig, ...]] = {
-    "default": (TrainConfig(steps=9000, reconstruction=False),
-                TrainConfig(steps=1000, lr=3e-4, reconstruction=False, shift=False),
-                TrainConfig(steps=1000, lr=3e-4, reconstruction=False, shift=False, temperature=0.05)),
-    "tiny": (TrainConfig(steps=3, batch_size=16, threads=1, reconstruction=False),
-             TrainConfig(steps=2, batch_size=16, threads=1, lr=3e-4, reconstruction=False, shift=False),
-             TrainConfig(steps=2, batch_size=16, threads=1, lr=3e-4, reconstruction=False, shift=False,
-                         temperature=0.05)),
+    "default": (TrainConfig(steps=11000, reconstruction=False, shift=False, temperature=0.05),),
+    "tiny": (TrainConfig(steps=3, batch_size=16, threads=1, reconstruction=False, shift=False, temperature=0.05),),
 }
 
 #: Second-phase settings (``--freeze-fingerprint``) per preset: reconstruction and KL only.
