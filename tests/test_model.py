@@ -279,10 +279,9 @@ def test_second_phase_keeps_the_fingerprint_and_the_catalogue(tiny_weights, tmp_
         Catalogue(cat_dir, encoder=Encoder.load(other))
 
 
-def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
-    """A two-phase preset without --init-from trains its first phase (the fingerprint alone),
-    then the second from it with the fingerprint frozen; a second run reuses the finished
-    first phase."""
+def _tiny_two_phase(tmp_path, rng):
+    """Four generated MIDI files, and ``train(name)``: ``tiny-detail`` trained on them (2 steps per
+    stage and phase, one run directory) into ``tmp_path / name``. Returns ``(run_dir, train)``."""
     from melodyguard.model.training_job import run_training
 
     midi = tmp_path / "midi"
@@ -290,8 +289,20 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
     for i in range(4):
         (midi / f"m{i}.mid").write_bytes(melody_midi(*random_melody(rng, 28)))
     run = tmp_path / "run"
-    man = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w.pt", steps=2,
-                       batch_size=8, progress=False)
+
+    def train(name: str) -> dict:
+        return run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / name, steps=2,
+                            batch_size=8, progress=False)
+
+    return run, train
+
+
+def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
+    """A two-phase preset without --init-from trains its first phase (the fingerprint alone),
+    then the second from it with the fingerprint frozen; a second run reuses the finished
+    first phase."""
+    run, train = _tiny_two_phase(tmp_path, rng)
+    man = train("w.pt")
     first = Encoder.load(run / "phase1.pt")
     assert first.config.name == "tiny" and first.manifest["training"]["steps"] == 2
     # the first phase trains the fingerprint alone (PHASE1), each edited view starting on its
@@ -306,8 +317,7 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
     assert man["training"]["init_from"]["preset"] == "tiny" and man["training"]["init_from"]["frozen_fingerprint"]
     assert man["fingerprint_id"] == first.fingerprint == Encoder.load(tmp_path / "w.pt").fingerprint
     stamp = (run / "phase1.pt").stat().st_mtime_ns
-    again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
-                         batch_size=8, progress=False)
+    again = train("w2.pt")
     assert (run / "phase1.pt").stat().st_mtime_ns == stamp
     assert again["training"]["init_from"]["sha256"] == first.manifest["sha256"]
 
@@ -315,18 +325,11 @@ def test_two_phase_preset_trains_both_phases_in_one_run(tmp_path, rng):
 def test_first_phase_stages_are_chained_and_a_stale_stage_is_refused(tmp_path, rng, monkeypatch):
     """A first phase of several stages trains each from the one before, into phase1.pt,
     phase1b.pt, ...; a finished stage is reused, but not one trained from other weights."""
-    from melodyguard.model.training_job import run_training
-
     one = PHASE1["tiny"][0]
     monkeypatch.setitem(PHASE1, "tiny", (dataclasses.replace(one, shift=True, temperature=0.1),
                                          dataclasses.replace(one, lr=3e-4)))
-    midi = tmp_path / "midi"
-    midi.mkdir()
-    for i in range(4):
-        (midi / f"m{i}.mid").write_bytes(melody_midi(*random_melody(rng, 28)))
-    run = tmp_path / "run"
-    man = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w.pt", steps=2,
-                       batch_size=8, progress=False)
+    run, train = _tiny_two_phase(tmp_path, rng)
+    man = train("w.pt")
     first, second = Encoder.load(run / "phase1.pt"), Encoder.load(run / "phase1b.pt")
     assert first.manifest["training"]["train_config"]["shift"] is True
     assert second.manifest["training"]["train_config"]["shift"] is False
@@ -336,8 +339,7 @@ def test_first_phase_stages_are_chained_and_a_stale_stage_is_refused(tmp_path, r
     assert man["training"]["init_from"]["sha256"] == second.manifest["sha256"]
     assert man["fingerprint_id"] == second.fingerprint
     stamps = [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")]
-    again = run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w2.pt", steps=2,
-                         batch_size=8, progress=False)
+    again = train("w2.pt")
     assert [(run / f).stat().st_mtime_ns for f in ("phase1.pt", "phase1b.pt")] == stamps
     assert again["training"]["init_from"]["sha256"] == second.manifest["sha256"]
     # a later stage trained from other weights than the stage before it is not built on
@@ -346,8 +348,7 @@ def test_first_phase_stages_are_chained_and_a_stale_stage_is_refused(tmp_path, r
     stale["training"]["init_from"]["sha256"] = "0" * 64
     mpath.write_text(json.dumps(stale))
     with pytest.raises(ConfigError, match="other weights than phase1.pt"):
-        run_training(preset="tiny-detail", midi_dir=midi, run_dir=run, out=tmp_path / "w3.pt", steps=2,
-                     batch_size=8, progress=False)
+        train("w3.pt")
     assert not (tmp_path / "w3.pt").exists()
 
 
