@@ -26,7 +26,7 @@ from melodyguard.fingerprint import (
     midi_candidates,
     window_melody,
 )
-from melodyguard.fingerprint.windows import WindowConfig
+from melodyguard.fingerprint.windows import WindowConfig, encode_notes, encode_rows
 
 
 def _match_rate(mel: Melody, pitches, onsets) -> float:
@@ -125,6 +125,23 @@ def test_short_melody_gives_one_padded_window(rng):
     w = window_melody(extract_melody(melody_midi(p, o, d)))
     assert len(w) == 1 and w.n_notes[0] == 10
     assert (w.pitch[0, 10:] == 49).all()
+
+
+def test_rows_encoded_together_get_the_tokens_each_gets_alone(rng):
+    """``encode_rows`` (the training sampler tokenises a batch's windows with it, grouped by
+    note count) gives every row exactly what ``encode_notes`` gives that row alone, so batching
+    the sampler changed no training batch."""
+    for n in (8, 11, 16):
+        p = rng.integers(40, 90, size=(7, n))
+        d = rng.choice([0.25, 0.5, 0.75, 1.0, 1.5, 2.0], size=(7, n)) * rng.uniform(0.3, 3.0, size=(7, 1))
+        pitch, rhythm, refs, meds = encode_rows(p, d, length=16)
+        assert pitch.shape == rhythm.shape == (7, 16)
+        for i in range(7):
+            one = encode_notes(p[i], d[i], length=16)
+            np.testing.assert_array_equal(pitch[i], one[0])
+            np.testing.assert_array_equal(rhythm[i], one[1])
+            assert (refs[i], meds[i]) == (one[2], one[3])
+        assert len({tuple(r) for r in pitch}) > 1  # the rows differ, so a mix-up would show
 
 
 def test_bad_input_errors(tmp_path, rng):

@@ -43,6 +43,7 @@ __all__ = [
     "PITCH_PAD",
     "RHYTHM_PAD",
     "encode_notes",
+    "encode_rows",
     "window_melody",
     "short_windows",
     "deletion_windows",
@@ -166,11 +167,12 @@ def short_windows(melody: Melody, *, length: int, n_notes: int, hop: int = 1) ->
 def _encode_many(pitches: np.ndarray, iois: np.ndarray, starts: np.ndarray, n: int, length: int):
     """:func:`encode_notes` for many windows of ``n`` notes at once (vectorised)."""
     idx = starts[:, None] + np.arange(n)[None, :]
-    return _encode_rows(pitches[idx].astype(np.int64), iois[idx], length)
+    return encode_rows(pitches[idx].astype(np.int64), iois[idx], length=length)
 
 
-def _encode_rows(p: np.ndarray, d: np.ndarray, length: int):
-    """Tokens of windows given as rows of ``n`` pitches and ``n`` inter-onset intervals."""
+def encode_rows(p: np.ndarray, d: np.ndarray, *, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`encode_notes` for many windows of the same note count ``n`` at once, given as rows of
+    ``n`` pitches and ``n`` inter-onset intervals; each row gets the tokens it would alone."""
     n = p.shape[1]
     refs = np.floor(np.median(p, axis=1)).astype(np.int64)
     meds = np.median(d, axis=1)
@@ -221,7 +223,7 @@ def deletion_windows(melody: Melody, windows: Windows, *, length: int,
                 g[3].append(s)
     parts, parents = [], []
     for k, (g_idx, g_iois, g_rows, g_starts) in groups.items():
-        pitch, rhythm, refs, meds = _encode_rows(pitches[np.asarray(g_idx)], np.asarray(g_iois), length)
+        pitch, rhythm, refs, meds = encode_rows(pitches[np.asarray(g_idx)], np.asarray(g_iois), length=length)
         parts.append(Windows(pitch, rhythm, np.asarray(g_starts, np.int64), np.full(len(g_rows), k, np.int64), refs, meds))
         parents.append(np.asarray(g_rows, np.int64))
     if not parts:

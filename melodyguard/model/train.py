@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from ..augment import augment
 from ..errors import ConfigError
 from ..fingerprint.melody import Melody
-from ..fingerprint.windows import PITCH_PAD, RHYTHM_PAD, encode_notes
+from ..fingerprint.windows import PITCH_PAD, RHYTHM_PAD, encode_rows
 from .config import VAEConfig
 from .vae import MelodyVAE
 
@@ -144,13 +144,12 @@ class WindowSampler:
         probs = np.asarray([w for _, w in levels], dtype=np.float64)
         probs /= probs.sum()
         rows = self.index[rng.integers(0, len(self.index), size=batch)]
-        A_p = np.empty((batch, L), np.int64)
-        A_r = np.empty((batch, L), np.int64)
-        B_p = np.empty((batch, L), np.int64)
-        B_r = np.empty((batch, L), np.int64)
+        # windows grouped by note count, each group tokenised at once after the loop
+        a_rows: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        b_rows: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         for b, (k, s) in enumerate(rows):
             p, o, d = self.notes[k]
-            A_p[b], A_r[b], _, _ = encode_notes(p[s:s + L], self.iois[k][s:s + L], length=L)
+            a_rows.setdefault(min(L, p.size - s), []).append((b, p[s:s + L], self.iois[k][s:s + L]))
             if not pairs:
                 continue
             s2 = int(np.clip(s + rng.integers(-1, 2), 0, max(0, p.size - 8))) if shift else int(s)
@@ -162,11 +161,25 @@ class WindowSampler:
             ioi = np.empty(q.size)
             ioi[:-1] = np.diff(qo)
             ioi[-1] = qd[-1]
-            B_p[b], B_r[b], _, _ = encode_notes(q[:n], np.maximum(ioi[:n], 1e-6), length=L)
-        out = {"a_pitch": torch.from_numpy(A_p), "a_rhythm": torch.from_numpy(A_r)}
+            b_rows.setdefault(n, []).append((b, q[:n], np.maximum(ioi[:n], 1e-6)))
+        out = dict(zip(("a_pitch", "a_rhythm"), _encode_groups(a_rows, batch, L)))
         if pairs:
-            out |= {"b_pitch": torch.from_numpy(B_p), "b_rhythm": torch.from_numpy(B_r)}
-        return out
+            out |= dict(zip(("b_pitch", "b_rhythm"), _encode_groups(b_rows, batch, L)))
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def _encode_groups(groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]], batch: int,
+                   length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch and rhythm tokens of ``batch`` windows given as (row, pitches, inter-onset intervals),
+    grouped by note count; each group is tokenised in one vectorised call."""
+    pitch = np.empty((batch, length), np.int64)
+    rhythm = np.empty((batch, length), np.int64)
+    for items in groups.values():
+        rows = [b for b, _, _ in items]
+        pt, rt, _, _ = encode_rows(np.stack([np.asarray(x, dtype=np.int64) for _, x, _ in items]),
+                                   np.stack([np.asarray(y, dtype=np.float64) for _, _, y in items]), length=length)
+        pitch[rows], rhythm[rows] = pt, rt
+    return pitch, rhythm
 
 
 def vae_loss(
