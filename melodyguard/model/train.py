@@ -75,10 +75,10 @@ class TrainConfig:
 
 #: First-phase stages of the two-phase presets (``training_job.FIRST_PHASE``), trained in order,
 #: each from the one before: the contrastive term alone on the fingerprint path
-#: (``reconstruction=False``); the second phase then trains the decoder. A step costs 0.28–0.31 s
-#: against 0.42 s for both at once, so 11,000 steps take 51–57 minutes where the hour held 8,000
+#: (``reconstruction=False``); the second phase then trains the decoder. A step costs 0.27–0.31 s
+#: against 0.42 s for both at once, so 11,000 steps take 49–57 minutes where the hour held 8,000
 #: joint ones, and the fingerprint retrieves better (docs/benchmarks.md, "What the seventeenth
-#: session shipped").
+#: session shipped" and "Retraining the recipe": 54.9 minutes for both phases).
 #: Earlier recipes trained 9,000 steps with edited views starting up to a note away from their
 #: window at temperature 0.1, then 1,000 steps without that shift and 1,000 at temperature 0.05
 #: (held-out window retrieval, medium edits, 0.7375 -> 0.758 -> 0.7735). The shift taught the
