@@ -15,6 +15,7 @@ from melodyguard.errors import (
     CorruptFileError,
     EmptyInputError,
     InputTooLargeError,
+    InvalidInputError,
     MelodyTooShortError,
     NoMelodyError,
     UnsupportedFormatError,
@@ -142,6 +143,10 @@ def test_rows_encoded_together_get_the_tokens_each_gets_alone(rng):
             np.testing.assert_array_equal(rhythm[i], one[1])
             assert (refs[i], meds[i]) == (one[2], one[3])
         assert len({tuple(r) for r in pitch}) > 1  # the rows differ, so a mix-up would show
+    for bad_p, bad_d in ((np.zeros((2, 17), int), np.ones((2, 17))), (np.zeros((2, 8), int), np.ones((2, 9))),
+                         (np.zeros((2, 8), int), np.zeros((2, 8))), (np.zeros(8, int), np.ones(8))):
+        with pytest.raises(InvalidInputError):
+            encode_rows(bad_p, bad_d, length=16)
 
 
 def test_bad_input_errors(tmp_path, rng):

@@ -172,7 +172,14 @@ def _encode_many(pitches: np.ndarray, iois: np.ndarray, starts: np.ndarray, n: i
 
 def encode_rows(p: np.ndarray, d: np.ndarray, *, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`encode_notes` for many windows of the same note count ``n`` at once, given as rows of
-    ``n`` pitches and ``n`` inter-onset intervals; each row gets the tokens it would alone."""
+    ``n`` pitches and ``n`` inter-onset intervals; each row gets the tokens it would alone.
+
+    Raises :class:`InvalidInputError` unless ``p`` and ``d`` are 2-D of one shape with
+    ``1 <= n <= length`` and every interval positive."""
+    if p.ndim != 2 or d.shape != p.shape or not 1 <= p.shape[1] <= length:
+        raise InvalidInputError(f"need rows of 1..{length} pitches and as many intervals; got {p.shape} and {d.shape}")
+    if not (d > 0).all():
+        raise InvalidInputError("inter-onset intervals must be positive")
     n = p.shape[1]
     refs = np.floor(np.median(p, axis=1)).astype(np.int64)
     meds = np.median(d, axis=1)
