@@ -33,6 +33,11 @@ Conventions
 5. **Verdict.** ``block`` when the best match has E <= ``block_evalue``, ``review`` when
    E <= ``review_evalue``, else ``clear``. A match also needs ``min_matched_notes`` notes of
    equal pitch in its passage.
+6. **Report.** At most ``max_matches`` matches, best first. Every copied passage of the query
+   gets its best source among them: a flagged match that shows ``min_matched_notes`` query
+   notes no better flagged match shows is reported before the runners-up of another passage
+   (:func:`select_matches`). A hummed-in folk tune has many variants in a folk catalogue, and
+   without this they would fill the report and hide a second, shorter copied passage.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -75,7 +81,7 @@ from .index.figures import MAX_WORKS as FIGURE_MAX_WORKS
 from .index.store import require_works
 
 __all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "DEFAULT_TRACKS", "Calibration", "load_calibration", "check_melody",
-           "query_windows", "check_file", "check_file_lines", "check_tracks", "line_factors"]
+           "query_windows", "select_matches", "check_file", "check_file_lines", "check_tracks", "line_factors"]
 
 REPORT_SCHEMA = "melodyguard.report/1"
 _CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
@@ -376,11 +382,15 @@ def check_melody(
     # Align (traceback, further segments) in order of the E-value at the best shift, a lower
     # bound of the final one (stock material and too few equal notes only raise it): once the
     # reported matches are all better than the next bound, no later candidate can displace one.
+    # Flagged matches are also aligned for as long as one could still show a passage of the
+    # query that no better flagged match covers (see select_matches).
     shifted.sort(key=lambda x: (x[0], x[1]))
     scored: list[tuple[Any, ...]] = []
+    flagged_cover = np.zeros(len(melody), bool)
     for best_e, rank, w, ref, best_pair, view_notes, best_v in shifted:
         if len(scored) >= config.max_matches and sorted(x[0] for x in scored)[config.max_matches - 1] < best_e:
-            break
+            if best_e > config.review_evalue or int((~flagged_cover).sum()) < config.min_matched_notes:
+                break
         qm, qmap, q_ioi, rm, rmap, r_ioi, qs, rs = view_notes
         best_al = align_sides(qs, rs, transposition=best_pair[0], tempo_ratio=best_pair[1],
                               max_segments=config.max_segments)
@@ -397,11 +407,16 @@ def check_melody(
         e = best_e * (1.0 + similar / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:
             e = max(e, 1.0)
-        scored.append((e, rank, w, ref, best_al, view_main, view_notes, similar, best_v))
-    # Only the best few are written up (evidence, spans, work records); equal E-values keep the
+        covered = _query_notes(best_al, melody, ref, min_eq=config.min_matched_notes)
+        if e <= config.review_evalue:
+            flagged_cover[covered] = True
+        scored.append((e, rank, w, ref, best_al, view_main, view_notes, similar, best_v, covered))
+    # Only the chosen few are written up (evidence, spans, work records); equal E-values keep the
     # candidates' order.
     scored.sort(key=lambda x: (x[0], x[1]))
-    matches = [_match_entry(melody, catalogue, x[0], *x[2:], config=config) for x in scored[: config.max_matches]]
+    chosen = select_matches([x[0] for x in scored], [x[-1] for x in scored], max_matches=config.max_matches,
+                            flag_evalue=config.review_evalue, min_new=config.min_matched_notes)
+    matches = [_match_entry(melody, catalogue, x[0], *x[2:-1], config=config) for x in (scored[i] for i in chosen)]
     for m in matches:
         m["verdict"] = _verdict(m["evalue"], config)
         del m["evalue"]
@@ -429,6 +444,44 @@ def check_melody(
             "total": round(1000 * (t_end - t0), 2),
         },
     }
+
+
+def select_matches(evalues: Sequence[float], notes: Sequence[Iterable[Hashable]], *, max_matches: int,
+                   flag_evalue: float, min_new: int) -> list[int]:
+    """Which of the matches, ordered best first, a report shows: positions, in that order.
+
+    First every flagged match (E-value at most ``flag_evalue``) that shows at least ``min_new``
+    query notes (``notes``: the query notes each match covers) which no better flagged match
+    shows: each copied passage of the query gets its best source, even when another passage
+    has many relatives in the catalogue (variants of one tune) that would fill the report. The
+    remaining places go to the best of the rest. At most ``max_matches`` in all. The first
+    match is always the best one.
+    """
+    if len(evalues) != len(notes):
+        raise InvalidInputError(f"{len(evalues)} E-values but {len(notes)} note sets")
+    if max_matches < 1 or min_new < 1:
+        raise InvalidInputError(f"max_matches and min_new must be >= 1; got {max_matches}, {min_new}")
+    if not evalues:
+        return []
+    chosen = [0]
+    covered: set[Hashable] = set(notes[0])
+    for i in range(1, len(evalues)):
+        if evalues[i] > flag_evalue or len(chosen) == max_matches:
+            break
+        q = set(notes[i])
+        if len(q - covered) >= min_new:
+            chosen.append(i)
+            covered |= q
+    rest = [i for i in range(len(evalues)) if i not in set(chosen)]
+    return sorted(chosen + rest[: max_matches - len(chosen)])
+
+
+def _query_notes(alignments: list[Any], melody: Melody, ref: Melody, *, min_eq: int) -> np.ndarray:
+    """The query notes a match shows: its main passage and each further one with ``min_eq``
+    notes of equal pitch (as the report's segments)."""
+    keep = [a.query_idx for k, a in enumerate(alignments)
+            if k == 0 or int(((melody.pitches[a.query_idx] + a.transposition) == ref.pitches[a.ref_idx]).sum()) >= min_eq]
+    return np.unique(np.concatenate(keep))
 
 
 def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: Any,
@@ -637,7 +690,12 @@ def check_tracks(
             key = m["work"]["id"] if m["work"]["id"] is not None else id(m)
             if key not in best or e < best[key]["score"]["evalue"]:
                 best[key] = m
-    matches = sorted(best.values(), key=lambda m: m["score"]["evalue"])[: config.max_matches]
+    ranked = sorted(best.values(), key=lambda m: m["score"]["evalue"])
+    # Passages of different lines are different passages of the file.
+    shown = [{(m.get("track", {}).get("index"), int(i)) for s in m["segments"] for i, _ in s["pairs"]} for m in ranked]
+    matches = [ranked[i] for i in select_matches([m["score"]["evalue"] for m in ranked], shown,
+                                                 max_matches=config.max_matches, flag_evalue=config.review_evalue,
+                                                 min_new=config.min_matched_notes)]
     head = reports[0][1]
     t_end = time.perf_counter()
     rep = {**head, "matches": matches, "verdict": matches[0]["verdict"] if matches else "clear"}

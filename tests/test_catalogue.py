@@ -267,6 +267,73 @@ def test_partial_copy_located(catalogue, rng):
     assert seg["matched_notes"] >= ln - 2
 
 
+def test_select_matches_gives_each_flagged_passage_its_best_source():
+    from melodyguard.detect import select_matches
+
+    a, b = range(0, 30), range(40, 52)
+    # Six works match passage a, better than the one that matches passage b; two are chance.
+    e = [1e-12, 1e-11, 1e-10, 1e-9, 1e-9, 1e-8, 1e-5, 1e-3, 0.5]
+    notes = [a, a, a, a, a, a, b, range(29, 40), range(60, 70)]
+    assert select_matches(e, notes, max_matches=5, flag_evalue=1e-4, min_new=8) == [0, 1, 2, 3, 6]
+    # Not flagged: no place of its own; nor is a passage of too few new notes.
+    assert select_matches(e, notes, max_matches=5, flag_evalue=1e-6, min_new=8) == [0, 1, 2, 3, 4]
+    assert select_matches(e, notes, max_matches=5, flag_evalue=1, min_new=13) == [0, 1, 2, 3, 4]
+    # 29..39 shows 10 notes that passage a does not: enough at min_new 10.
+    assert select_matches(e, notes, max_matches=5, flag_evalue=1, min_new=10) == [0, 1, 6, 7, 8]
+    assert select_matches(e, notes, max_matches=3, flag_evalue=1, min_new=10) == [0, 6, 7]
+    assert select_matches(e[:3], notes[:3], max_matches=5, flag_evalue=1e-4, min_new=8) == [0, 1, 2]
+    assert select_matches([], [], max_matches=5, flag_evalue=1e-4, min_new=8) == []
+    # The best match comes first even when it shows fewer new notes than asked.
+    assert select_matches([1e-9, 1e-8], [range(3), range(40, 60)], max_matches=1, flag_evalue=1, min_new=8) == [0]
+    with pytest.raises(InvalidInputError, match="note sets"):
+        select_matches(e, notes[:2], max_matches=5, flag_evalue=1e-4, min_new=8)
+    with pytest.raises(InvalidInputError, match=">= 1"):
+        select_matches(e, notes, max_matches=0, flag_evalue=1e-4, min_new=8)
+
+
+def test_a_second_copied_passage_is_reported_beside_the_variants_of_the_first(tmp_path, shipped_encoder, rng):
+    """A query copies a long passage of a tune that the catalogue holds in seven variants and a
+    short phrase of another work. The variants match better, but the phrase's source is shown."""
+    from dataclasses import replace
+
+    from melodyguard.detect import DEFAULT_DETECT
+
+    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+    base = Melody.from_notes(*random_melody(rng, 48))
+    variants = []
+    for _ in range(7):  # a tune family: each variant changes three notes by a step
+        p = base.pitches.copy()
+        idx = rng.choice(np.arange(2, 46), size=3, replace=False)
+        p[idx] += rng.choice([-2, -1, 1, 2], size=3)
+        variants.append(Melody.from_notes(p, base.onsets_beats, base.durations_beats))
+    other = make_catalogue_melodies(rng, 12, 48)
+    src = other[4]
+    cat.add_melodies([{"melody": m, "sha256": f"v{i}", "title": f"variant {i}"} for i, m in enumerate(variants)]
+                     + [{"melody": m, "sha256": f"o{i}", "title": f"other {i}"} for i, m in enumerate(other)])
+    # The query: the tune as the base has it (36 notes), then notes 20..35 of "other 4", a fifth up.
+    s, ln, at = 20, 16, 36
+    ep = src.pitches[s:s + ln] + 7
+    eo = src.onsets_beats[s:s + ln] - src.onsets_beats[s]
+    ed = src.durations_beats[s:s + ln]
+    start = float(base.onsets_beats[at - 1] + base.durations_beats[at - 1])
+    q = Melody.from_notes(np.concatenate([base.pitches[:at], ep]), np.concatenate([base.onsets_beats[:at], start + eo]),
+                          np.concatenate([base.durations_beats[:at], ed]))
+    wide = check_melody(q, cat, config=replace(DEFAULT_DETECT, max_matches=20))
+    titles = [m["work"]["title"] for m in wide["matches"]]
+    assert titles.index("other 4") >= 5, titles  # E-values alone would leave it out of five
+    rep = check_melody(q, cat)
+    titles = [m["work"]["title"] for m in rep["matches"]]
+    assert len(titles) == 5 and "other 4" in titles, titles
+    assert titles[0] == wide["matches"][0]["work"]["title"] and rep["verdict"] == wide["verdict"]
+    ev = [m["score"]["evalue"] for m in rep["matches"]]
+    assert ev == sorted(ev)
+    m = rep["matches"][titles.index("other 4")]
+    assert m["verdict"] in ("review", "block") and m["transposition_semitones"] == 7
+    seg = m["segments"][0]
+    assert abs(seg["query"]["start_note"] - at) <= 1 and abs(seg["reference"]["start_note"] - s) <= 1
+    cat.close()
+
+
 def test_unrelated_melody_is_clear(catalogue):
     cat, _ = catalogue
     q = Melody.from_notes(*random_melody(np.random.default_rng(12345), 48))
