@@ -472,7 +472,8 @@ def select_matches(evalues: Sequence[float], notes: Sequence[Iterable[Hashable]]
         if len(q - covered) >= min_new:
             chosen.append(i)
             covered |= q
-    rest = [i for i in range(len(evalues)) if i not in set(chosen)]
+    taken = set(chosen)
+    rest = [i for i in range(len(evalues)) if i not in taken]
     return sorted(chosen + rest[: max_matches - len(chosen)])
 
 

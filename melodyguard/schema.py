@@ -132,7 +132,7 @@ class Report(_Strict):
     verdict: Verdict
     thresholds: Thresholds
     catalogue: CatalogueInfo
-    matches: list[Match] = Field(description="best first; at most max_matches")
+    matches: list[Match] = Field(description="best first; at most max_matches (5 by default). Every flagged passage of the query is shown with its best source, before the runners-up of another passage")
     timing_ms: dict[str, float]
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
