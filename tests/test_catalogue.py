@@ -911,6 +911,41 @@ def test_ornamented_notes_align_with_their_principal_notes(rng):
             assert al.n_pairs >= 28
 
 
+def test_benchmark_inserts_excerpts_where_it_says_paced_to_the_host(rng):
+    """The benchmark's two-phrase queries: each excerpt lands at the notes its span names, with
+    its own intervals and rhythm at the host's pace; the host's notes keep their order and
+    rhythm around it, and one excerpt is laid out as the partial-copy queries lay it out."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_for_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    host = Melody.from_notes(*random_melody(rng, 30))
+    ex = [random_melody(rng, n) for n in (12, 15)]
+    ex = [(p, o * 2.0, d * 2.0) for p, o, d in ex]  # slower than the host: must be paced to it
+    q, spans = bench.insert_excerpts(host, ex, [5, 20])
+    assert spans == [(5, 17), (32, 47)] and len(q) == 30 + 27
+    assert np.all(np.diff(q.onsets_beats) > 0)
+    keep = np.r_[0:5, 17:32, 47:57]
+    np.testing.assert_array_equal(q.pitches[keep], host.pitches)
+    np.testing.assert_allclose(np.diff(q.onsets_beats[keep][:5]), np.diff(host.onsets_beats[:5]))
+    np.testing.assert_allclose(np.diff(q.onsets_beats[17:32]), np.diff(host.onsets_beats[5:20]))
+    med = np.median(bench.note_iois(host.onsets_beats, host.durations_beats))
+    for (lo, hi), (p, o, d) in zip(spans, ex):
+        np.testing.assert_array_equal(q.pitches[lo:hi], p)
+        ioi = bench.note_iois(q.onsets_beats[lo:hi], q.durations_beats[lo:hi])
+        assert np.median(ioi) == pytest.approx(med)
+        np.testing.assert_allclose(ioi / ioi[0], bench.note_iois(o, d) / bench.note_iois(o, d)[0])
+    # One excerpt: as the partial copies are made (the excerpt starts where host note k-1 ends).
+    q1, (span,) = bench.insert_excerpts(host, ex[:1], [7])
+    start = host.onsets_beats[6] + host.durations_beats[6]
+    assert span == (7, 19) and q1.onsets_beats[7] == pytest.approx(start)
+    inserted = q1.onsets_beats[18] + q1.durations_beats[18] - start  # the excerpt's length in beats
+    np.testing.assert_allclose(q1.onsets_beats[19:], host.onsets_beats[7:] + inserted)
+
+
 def test_benchmark_counts_tied_works_as_a_random_order():
     """recall@1 / MRR of the benchmark: a source tied with t works scores 1/t and the mean
     reciprocal rank over the tied positions; works strictly better push it down."""
