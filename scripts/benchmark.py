@@ -305,8 +305,8 @@ def insert_excerpts(host: Melody, excerpts: list[tuple[np.ndarray, np.ndarray, n
 
 def two_phrase_row(cat, cat_tunes, hosts, wid_to_i, baseline, *, kind: str, n: int, baseline_queries: int,
                    rng) -> dict[str, Any]:
-    """Queries that copy two 12-24-note phrases (light edits) of two catalogue works into one
-    host. Per query: are both sources in the report, and does the report's match of each cover at
+    """Queries that copy two 12-24-note phrases (light edits; the whole tune when it is
+    shorter) of two catalogue works into one host. Per query: are both sources in the report, and does the report's match of each cover at
     least half of its phrase's notes ("located")? The baseline's counterpart: both sources among
     its five best-scoring works (works scoring the same as the fifth count as in)."""
     from melodyguard.detect import check_melody
