@@ -43,6 +43,7 @@ from melodyguard.corpus import (  # noqa: E402
     DEFAULT_COLLECTIONS,
     HELDOUT_COLLECTIONS,
     STYLE_COLLECTIONS,
+    TRAIN_COLLECTIONS,
     load_corpus,
 )
 from melodyguard.detect import DEFAULT_DETECT, query_windows  # noqa: E402
@@ -1096,9 +1097,10 @@ def print_markdown(results: dict[str, Any]) -> None:
         for k, v in m.items():
             print(f"| {k} | {v} |")
     pool = "" if results.get("pool", "folk") == "folk" else f" ({results['pool']})"
+    kind = "training-split" if results.get("pool") == "train" else "held-out"
     for key in sorted(k for k in results if k.startswith("detect_")):
         d = results[key]
-        _table(f"Detection, catalogue of {d['catalogue_works']} held-out works{pool} ({d['index_kind']} index, {d['vectors']} vectors)",
+        _table(f"Detection, catalogue of {d['catalogue_works']} {kind} works{pool} ({d['index_kind']} index, {d['vectors']} vectors)",
                ["query", "level", "n", "recall@1", "(as ranked)", "MRR", "TPR@1%FPR", "flagged by default",
                 "baseline recall@1", "(as ranked)", "baseline MRR", "baseline TPR@1%FPR", "ours on the same n"],
                [[r["kind"], r["level"], r["queries"], f"{r['recall@1']:.3f}", f"{r.get('recall@1_strict', r['recall@1']):.3f}",
@@ -1157,7 +1159,7 @@ def print_markdown(results: dict[str, Any]) -> None:
                  f"{r['speedup_vs_baseline_p50']}x", r["sanity_recall@1_strict"]] for r in d["rows"]])
     for key in sorted(k for k in results if k.startswith("null_")):
         d = results[key]
-        _table(f"Where false positives come from, catalogue of {d['catalogue_works']} held-out works{pool}",
+        _table(f"Where false positives come from, catalogue of {d['catalogue_works']} {kind} works{pool}",
                ["queries", "n", "flagged review or block (E <= 1e-4)", "block (E <= 1e-8)", "-log10 E, 90th pct", "99th pct"],
                [[r["queries"], r["n"], f"{r['review_rate']:.3f}", f"{r['block_rate']:.3f}", r["minus_log10_e_p90"],
                  r["minus_log10_e_p99"]] for r in d["rows"]])
@@ -1187,9 +1189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index-kind", default="auto")
     ap.add_argument("--weights", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool", choices=["folk", "palestrina"], default="folk",
+    ap.add_argument("--pool", choices=["folk", "palestrina", "train"], default="folk",
                     help="held-out tunes for detection and the null study: the folk collections (default) or, "
-                         "another style, the voices of Palestrina's masses (scripts/build_corpus.py --collections palestrina)")
+                         "another style, the voices of Palestrina's masses (scripts/build_corpus.py --collections palestrina); "
+                         "'train' uses the weights' own training tunes instead (O'Neill's, Ryan's, Bach; about 3.3k, "
+                         "so --sizes 2500), for choosing detection settings without looking at the held-out data")
     ap.add_argument("--json", type=Path, default=Path("runs/benchmark.json"))
     ap.add_argument("--record-manifest", action="store_true",
                     help="write the held-out model and generation figures into the weights' manifest "
@@ -1203,10 +1207,11 @@ def main(argv: list[str] | None = None) -> int:
     # the folk collections (loaded only when one asks for them).
     other = [s for s in a.sections if s not in ("detect", "null")]
     folk = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS) if a.pool == "folk" or other else []
-    pool = folk if a.pool == "folk" else load_corpus(splits=["heldout"], collections=STYLE_COLLECTIONS)
+    pool = (folk if a.pool == "folk" else load_corpus(splits=["train"], collections=TRAIN_COLLECTIONS) if a.pool == "train"
+            else load_corpus(splits=["heldout"], collections=STYLE_COLLECTIONS))
     if not pool:
         raise SystemExit(f"no held-out tunes of pool {a.pool!r} in the corpus cache; run scripts/build_corpus.py"
-                         + (" --collections palestrina" if a.pool != "folk" else ""))
+                         + (" --collections palestrina" if a.pool == "palestrina" else ""))
     results: dict[str, Any] = {"command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                                "weights": enc.fingerprint, "pool": a.pool, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
     t0 = time.time()

@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from melodyguard.align import DEFAULT_SCORING, align_notes, note_iois, note_weights  # noqa: E402
+from melodyguard.align import DEFAULT_SCORING, Scoring, align_notes, note_iois, note_weights  # noqa: E402
 from melodyguard.augment import augment  # noqa: E402
 from melodyguard.corpus import TRAIN_COLLECTIONS, load_corpus  # noqa: E402
 
@@ -117,6 +117,22 @@ def positive_pairs(tunes, n, rng):
             ratio = float(np.median(note_iois(o[s:s + ln], d[s:s + ln])) / np.median(note_iois(ex[1] * scale, ex[2] * scale)))
             out.append((kind + "-" + level, P, note_iois(O, D), p, note_iois(o, d), ratio, t))
     return out
+
+
+def scoring_with(base: Scoring, items: list[str]) -> Scoring:
+    """``base`` with the ``NAME=VALUE`` overrides of ``--score`` (ValueError names the bad one)."""
+    fields = [f.name for f in dataclasses.fields(base)]
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields or not value:
+            raise ValueError(f"{item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
+        kind = type(getattr(base, name))
+        try:
+            v = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: {value!r} is not a {kind.__name__}") from None
+        base = dataclasses.replace(base, **{name: v})
+    return base
 
 
 def fit_gumbel(S, M, N):
@@ -238,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                          "with the shipped encoder, to set the default verdict thresholds")
     ap.add_argument("--collapsed", action="store_true",
                     help="fit only the law for repeat-collapsed melodies and add it to the existing file")
+    ap.add_argument("--score", action="append", default=[], metavar="NAME=VALUE",
+                    help="override one per-note score of melodyguard.align.Scoring before fitting (repeatable), "
+                         "e.g. --score near=-0.6 --out cal.json, to compare scorings by detection "
+                         "(MELODYGUARD_CALIBRATION=cal.json python scripts/benchmark.py --pool train ...)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "melodyguard" / "calibration.json")
     a = ap.parse_args(argv)
@@ -246,16 +266,19 @@ def main(argv: list[str] | None = None) -> int:
         return thresholds(a)
     if a.collapsed:
         return collapsed_law(a)
+    try:
+        scoring = scoring_with(DEFAULT_SCORING, a.score)
+    except ValueError as e:
+        raise SystemExit(f"--score: {e}") from None
     tunes = load_corpus(splits=["train"], collections=TRAIN_COLLECTIONS)
     rng = np.random.default_rng(a.seed)
     bg = background_of(tunes)
-    scoring = DEFAULT_SCORING
     search: list[Any] = []
     if a.search:
         nulls = null_pairs(tunes, 1500, rng)
         positives = positive_pairs(tunes, 100, rng)
         grid = itertools.product([-1.7, -3.0], [-0.6, -1.2], [-1.0, -2.0], [0.3, 0.7], [-0.7, -1.5], [True, False])
-        scoring = _search([dataclasses.replace(DEFAULT_SCORING, other=other, near=near, gap=gap, rhythm_hit=rh,
+        scoring = _search([dataclasses.replace(scoring, other=other, near=near, gap=gap, rhythm_hit=rh,
                                                rhythm_miss=rm, weighted=weighted)
                            for other, near, gap, rh, rm, weighted in grid], bg, nulls, positives, search)
     if a.ornament_search:
@@ -282,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "search": sorted(search, key=lambda r: -r["mean_tpr"])[:5],
         "seconds": round(time.time() - t0, 1),
         "command": "python scripts/calibrate.py" + (" --search" if a.search else "")
-        + (" --ornament-search" if a.ornament_search else "") + f" --pairs {a.pairs} --seed {a.seed}",
+        + (" --ornament-search" if a.ornament_search else "") + "".join(f" --score {x}" for x in a.score)
+        + f" --pairs {a.pairs} --seed {a.seed}",
     }
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k not in ("background", "search")}))

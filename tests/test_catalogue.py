@@ -1322,3 +1322,63 @@ def test_check_searches_deletion_variants_of_short_queries_only(catalogue, rng, 
     assert seen[-1] > 5 * n_plain
     with pytest.raises(InvalidInputError):
         DetectConfig(deletion_short=1.5)
+
+
+def test_a_short_exact_copy_outscores_a_longer_passage_held_together_by_near_misses(rng):
+    """The changed-note score (a pitch 1-2 semitones off) is chosen so that a 14-note exact copy
+    beats a 26-note passage in which every third note is a semitone off: a catalogue's strongest
+    chance matches are such long near-miss alignments, and a lifted phrase is short and exact.
+    With the per-pair search's -0.6 the order was the other way round."""
+    import dataclasses
+
+    from melodyguard.align import DEFAULT_SCORING, align_notes
+
+    q = 60 + rng.integers(0, 24, 40) * 3  # far-apart pitches: no chance agreements
+    ioi = np.full(40, 0.5)
+    exact = np.r_[np.full(5, 150), q[20:34], np.full(5, 150)]
+    loose = q[0:26].copy()
+    loose[2::3] += 1  # every third note a semitone off
+
+    def score(ref, scoring):
+        al = align_notes(q, ioi, ref, np.full(len(ref), 0.5), transposition=0, tempo_ratio=1.0, max_segments=1,
+                         min_score=0.0, scoring=scoring)
+        return al[0].score
+
+    assert score(exact, DEFAULT_SCORING) > score(loose, DEFAULT_SCORING) + 1.0
+    lenient = dataclasses.replace(DEFAULT_SCORING, near=-0.6)
+    assert score(exact, lenient) < score(loose, lenient)
+
+
+def test_the_shipped_law_was_fitted_for_the_default_scores():
+    """calibration.json's extreme-value law belongs to the scores it was fitted with: they must
+    be the library's defaults (align_notes and detection agree), and the law must put about 1 %
+    of its own unrelated pairs at E <= 0.01."""
+    from melodyguard.align import DEFAULT_SCORING
+    from melodyguard.detect import load_calibration
+
+    cal = load_calibration()
+    assert not cal.info.get("uncalibrated")
+    assert cal.scoring == DEFAULT_SCORING
+    assert 0.005 <= cal.info["check_share_E_below_0.01"] <= 0.03
+    assert {"lambda", "K"} <= set(cal.info["collapsed"])
+
+
+def test_calibrate_score_overrides_name_a_score_and_refuse_anything_else():
+    """scripts/calibrate.py --score NAME=VALUE: the override, typed as the field is; a bad name
+    or value is refused before any corpus is read."""
+    import importlib.util
+
+    from melodyguard.align import DEFAULT_SCORING
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate.py"
+    spec = importlib.util.spec_from_file_location("calibrate_for_test", path)
+    cal = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cal)
+    s = cal.scoring_with(DEFAULT_SCORING, ["near=-0.6", "weighted=false", "ornament_interval=4"])
+    assert (s.near, s.weighted, s.ornament_interval) == (-0.6, False, 4)
+    assert s.gap == DEFAULT_SCORING.gap
+    for bad in (["nearr=-1"], ["near"], ["near=abc"], ["ornament_interval=2.5"]):
+        with pytest.raises(ValueError):
+            cal.scoring_with(DEFAULT_SCORING, bad)
+    with pytest.raises(SystemExit, match="--score"):
+        cal.main(["--score", "bogus=1", "--out", "/nonexistent/never-written.json"])
