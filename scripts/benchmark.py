@@ -1096,7 +1096,7 @@ def print_markdown(results: dict[str, Any]) -> None:
         print("| metric | value |\n|---|---|")
         for k, v in m.items():
             print(f"| {k} | {v} |")
-    pool = "" if results.get("pool", "folk") == "folk" else f" ({results['pool']})"
+    pool = "" if results.get("pool", "folk") in ("folk", "train") else f" ({results['pool']})"
     kind = "training-split" if results.get("pool") == "train" else "held-out"
     for key in sorted(k for k in results if k.startswith("detect_")):
         d = results[key]
@@ -1213,7 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no held-out tunes of pool {a.pool!r} in the corpus cache; run scripts/build_corpus.py"
                          + (" --collections palestrina" if a.pool == "palestrina" else ""))
     results: dict[str, Any] = {"command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                               "weights": enc.fingerprint, "pool": a.pool, "heldout_tunes": len(pool), "cpu_count": os.cpu_count()}
+                               "weights": enc.fingerprint, "pool": a.pool, ("training_tunes" if a.pool == "train" else "heldout_tunes"): len(pool), "cpu_count": os.cpu_count()}
     t0 = time.time()
     if "model" in a.sections:
         results["model"] = model_section(enc, folk, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed,
