@@ -1207,13 +1207,18 @@ def main(argv: list[str] | None = None) -> int:
     # the folk collections (loaded only when one asks for them).
     other = [s for s in a.sections if s not in ("detect", "null")]
     folk = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS) if a.pool == "folk" or other else []
-    pool = (folk if a.pool == "folk" else load_corpus(splits=["train"], collections=TRAIN_COLLECTIONS) if a.pool == "train"
-            else load_corpus(splits=["heldout"], collections=STYLE_COLLECTIONS))
+    if a.pool == "folk":
+        pool = folk
+    elif a.pool == "train":
+        pool = load_corpus(splits=["train"], collections=TRAIN_COLLECTIONS)
+    else:
+        pool = load_corpus(splits=["heldout"], collections=STYLE_COLLECTIONS)
+    size_key = "training_tunes" if a.pool == "train" else "heldout_tunes"
     if not pool:
         raise SystemExit(f"no held-out tunes of pool {a.pool!r} in the corpus cache; run scripts/build_corpus.py"
                          + (" --collections palestrina" if a.pool == "palestrina" else ""))
     results: dict[str, Any] = {"command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                               "weights": enc.fingerprint, "pool": a.pool, ("training_tunes" if a.pool == "train" else "heldout_tunes"): len(pool), "cpu_count": os.cpu_count()}
+                               "weights": enc.fingerprint, "pool": a.pool, size_key: len(pool), "cpu_count": os.cpu_count()}
     t0 = time.time()
     if "model" in a.sections:
         results["model"] = model_section(enc, folk, n_windows=a.window_index, n_queries=a.window_queries, seed=a.seed,

@@ -127,10 +127,13 @@ def scoring_with(base: Scoring, items: list[str]) -> Scoring:
         if name not in fields or not value:
             raise ValueError(f"{item!r}: expected NAME=VALUE with NAME one of {', '.join(fields)}")
         kind = type(getattr(base, name))
+        bools = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
         try:
-            v = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
-        except ValueError:
+            v = bools[value.lower()] if kind is bool else kind(value)
+        except (KeyError, ValueError):
             raise ValueError(f"{item!r}: {value!r} is not a {kind.__name__}") from None
+        if kind is float and not np.isfinite(v):
+            raise ValueError(f"{item!r}: the score must be finite")
         base = dataclasses.replace(base, **{name: v})
     return base
 
