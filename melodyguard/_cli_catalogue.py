@@ -1,4 +1,4 @@
-"""CLI commands of the catalogue lifecycle: add, remove, reembed, list, check, audit, serve."""
+"""CLI commands of the catalogue lifecycle: add, remove, reembed, calibrate, list, check, audit, serve."""
 
 from __future__ import annotations
 
@@ -174,6 +174,48 @@ def _cmd_reembed(a: argparse.Namespace) -> int:
 
 _cmd_reembed.setup = _setup_reembed  # type: ignore[attr-defined]
 command("reembed", "embed every work again with these weights (after an upgrade changed the fingerprint)")(_cmd_reembed)
+
+
+def _setup_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoys", type=int, default=600, help="works played backwards to fit on (at least 100)")
+    p.add_argument("--target", type=float, default=0.005,
+                   help="share of decoys the review threshold may flag (default 0.005)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", action="store_true", help="print the catalogue's law without fitting")
+    p.add_argument("--clear", action="store_true", help="forget the catalogue's law (use the shipped one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _catalogue_arg(p)
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .decoys import catalogue_law, clear_catalogue_law, fit_catalogue_law
+
+    cat = open_catalogue(a)
+    if a.show or a.clear:
+        if a.show and a.clear:
+            raise InvalidInputError("--show and --clear exclude each other")
+        if a.clear:
+            print(json.dumps({"cleared": clear_catalogue_law(cat)}))
+            return EXIT_OK
+        law = catalogue_law(cat)
+        print(json.dumps(law.info if law else {"source": "shipped", "factor": 1.0}))
+        return EXIT_OK
+    bar = tqdm(desc="decoys", unit="check", disable=a.quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    law = fit_catalogue_law(cat, decoys=a.decoys, target=a.target, seed=a.seed, progress=progress)
+    bar.close()
+    print(json.dumps(law.info))
+    return EXIT_OK
+
+
+_cmd_calibrate.setup = _setup_calibrate  # type: ignore[attr-defined]
+command("calibrate", "fit the catalogue's own chance law on its works played backwards (decoys)")(_cmd_calibrate)
 
 
 def _setup_list(p: argparse.ArgumentParser) -> None:

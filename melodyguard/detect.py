@@ -29,7 +29,10 @@ Conventions
    ``E = K m N exp(-lambda S)``: the number of matches this good expected by chance when a
    query of m notes is compared with a catalogue of N notes. ``p_chance = 1 - exp(-E)``.
    Stock material counts for less: when other works match the same query passage as well as
-   this one, E is multiplied by ``1 + similar_works / stock_divisor``.
+   this one, E is multiplied by ``1 + similar_works / stock_divisor``. A catalogue whose style
+   makes chance matches more often than the shipped law expects can carry its own law, fitted
+   on its works played backwards (:mod:`melodyguard.decoys`, ``melodyguard calibrate``): every
+   E-value is then multiplied by its factor (>= 1), and the report's ``catalogue.law`` says so.
 5. **Verdict.** ``block`` when the best match has E <= ``block_evalue``, ``review`` when
    E <= ``review_evalue``, else ``clear``. A match also needs ``min_matched_notes`` notes of
    equal pitch in its passage.
@@ -67,6 +70,7 @@ from .align import (
     prepare_notes,
 )
 from .config import DEFAULT_MIN_NOTES
+from .decoys import catalogue_law
 from .errors import InvalidInputError, MelodyTooShortError
 from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import (
@@ -80,10 +84,12 @@ from .index.figures import MAX_DF as FIGURE_MAX_DF
 from .index.figures import MAX_WORKS as FIGURE_MAX_WORKS
 from .index.store import require_works
 
-__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "DEFAULT_TRACKS", "Calibration", "load_calibration", "check_melody",
+__all__ = ["DetectConfig", "DEFAULT_DETECT", "REPORT_SCHEMA", "TRACK_MODES", "DEFAULT_TRACKS", "LAWS", "Calibration", "load_calibration", "check_melody",
            "query_windows", "select_matches", "check_file", "check_file_lines", "check_tracks", "line_factors"]
 
 REPORT_SCHEMA = "melodyguard.report/1"
+#: ``law`` settings of :func:`check_melody`
+LAWS = ("catalogue", "shipped")
 _CALIBRATION_PATH = Path(__file__).with_name("calibration.json")
 
 
@@ -242,17 +248,25 @@ def check_melody(
     config: DetectConfig = DEFAULT_DETECT,
     query_info: dict[str, Any] | None = None,
     exclude_work: int | None = None,
+    law: str = "catalogue",
 ) -> dict[str, Any]:
     """Check one melody against a catalogue and return the JSON report (a dict).
 
-    ``exclude_work`` leaves one work out (used by self-audits).
+    ``exclude_work`` leaves one work out (used by self-audits). ``law``: ``"catalogue"`` uses
+    the catalogue's own chance law when one was fitted (:mod:`melodyguard.decoys`), else the
+    shipped one; ``"shipped"`` always the shipped one.
     """
+    if law not in LAWS:
+        raise InvalidInputError(f"law must be one of {LAWS}; got {law!r}")
     t0 = time.perf_counter()
     enc = catalogue.encoder
     n_works = require_works(catalogue)
     index, table = catalogue.index()
     N = max(catalogue.total_notes, 1)
     cal = load_calibration()
+    fitted = catalogue_law(catalogue) if law == "catalogue" else None
+    # The catalogue's law multiplies every E-value alike (>= 1: it only makes verdicts stricter).
+    law_factor = fitted.factor if fitted is not None else 1.0
     # Views of the query: the notes as given; for audio also the repeat-collapsed form, searched
     # against the catalogue's collapsed windows (transcription joins legato repeated notes).
     views: list[tuple[Melody, np.ndarray]] = [(melody, np.arange(len(melody)))]
@@ -372,7 +386,7 @@ def check_melody(
                 continue
             k = sc.index(top_sc)  # the first of equal scores, as before
             # times the number of views: the smallest of several E-values is corrected for the choice
-            e_v = cal.evalue(top_sc, len(qm), N, collapsed=v > 0) * len(q_side)
+            e_v = cal.evalue(top_sc, len(qm), N, collapsed=v > 0) * len(q_side) * law_factor
             if e_v < best_e:
                 best_e, best_v = e_v, v
                 best_pair = pairs[k]
@@ -406,7 +420,7 @@ def check_melody(
         similar = max(int(np.median(np.maximum(n_close[inside], 1))) - 1 if inside.any() else 0, 0)
         e = best_e * (1.0 + similar / config.stock_divisor)
         if n_eq_main < config.min_matched_notes:
-            e = max(e, 1.0)
+            e = max(e, law_factor)  # E >= 1 under the shipped law: never flagged, ranked as before
         covered = _query_notes(best_al, melody, ref, min_eq=config.min_matched_notes)
         if e <= config.review_evalue:
             flagged_cover[covered] = True
@@ -434,7 +448,8 @@ def check_melody(
         "verdict": verdict,
         "thresholds": {"review_evalue": config.review_evalue, "block_evalue": config.block_evalue},
         "catalogue": {"works": n_works, "notes": N, "encoder": enc.fingerprint, "index": index.manifest.kind,
-                      "calibrated": not cal.info.get("uncalibrated", False)},
+                      "calibrated": not cal.info.get("uncalibrated", False),
+                      "law": fitted.public() if fitted is not None else {"source": "shipped", "factor": 1.0}},
         "matches": matches,
         "timing_ms": {
             "embed": round(1000 * (t_embed - t0), 2),

@@ -118,12 +118,25 @@ class Thresholds(_Strict):
     block_evalue: float
 
 
+class Law(_Strict):
+    source: Literal["shipped", "catalogue decoys"] = Field(
+        description="the shipped chance law, or the catalogue's own, fitted on its works played backwards "
+                    "(`melodyguard calibrate`)")
+    factor: float = Field(description="every E-value of this catalogue is multiplied by this (>= 1)")
+    fitted_works: int | None = Field(None, description="works in the catalogue when its law was fitted")
+    decoys: int | None = Field(None, description="decoys the law was fitted on")
+    target: float | None = Field(None, description="share of decoys the review threshold may flag")
+    fitted_at: str | None = None
+
+
 class CatalogueInfo(_Strict):
     works: int
     notes: int
     encoder: str = Field(description="fingerprint id of the weights the catalogue was built with")
     index: str
     calibrated: bool
+    law: Law | None = Field(None, description="the chance law the E-values are under (absent in reports "
+                                              "made before catalogue laws existed)")
 
 
 class Report(_Strict):

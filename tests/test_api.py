@@ -324,6 +324,7 @@ def test_readyz_and_metrics(api_env):
     with _client(path) as c:
         ready = c.get("/readyz").json()
         assert ready["works"] == 6 and ready["index"]["kind"] == "flat" and ready["model"]["fingerprint_dim"] == 64
+        assert ready["law"] == {"source": "shipped", "factor": 1.0}  # too few works for a law of its own
         for _ in range(2):
             c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
         c.get("/v1/works/5", headers=H(keys["acme"]))

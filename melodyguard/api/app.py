@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import cap_native_threads
+from ..decoys import catalogue_law
 from ..errors import (
     ArtifactError,
     DuplicateWorkError,
@@ -239,13 +240,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if cat is None:
             raise HTTPException(503, detail="model and index are not loaded yet")
         idx, _ = await run_in_threadpool(cat.index)
+        law = await run_in_threadpool(catalogue_law, cat)
         man = cat.encoder.manifest
         return {"status": "ready", "version": __version__,
                 "model": {"fingerprint": cat.encoder.fingerprint, "preset": man.get("preset"),
                           "format_version": man.get("format_version"), "latent_dim": man.get("latent_dim"),
                           "fingerprint_dim": cat.encoder.dim,
                           "sha256": man.get("sha256")},
-                "encoder": cat.encoder.fingerprint, "index": idx.manifest.to_dict(), "works": cat.count()}
+                "encoder": cat.encoder.fingerprint, "index": idx.manifest.to_dict(), "works": cat.count(),
+                "law": law.public() if law else {"source": "shipped", "factor": 1.0}}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}}})

@@ -38,6 +38,7 @@ import numpy as np
 from .._sqlite import connect
 from ..config import catalogue_dir, work_cache_size
 from ..errors import (
+    CatalogueError,
     ConfigError,
     DuplicateWorkError,
     EmptyCatalogueError,
@@ -399,6 +400,27 @@ class Catalogue:
             [(wid, int(w.start[i]), int(w.n_notes[i]), int(w.ref_pitch[i]), float(w.median_ioi_beats[i]),
               vec[i].tobytes(), view) for i in range(len(w))],
         )
+
+    #: meta entries other modules may keep in the catalogue (the rest belong to the store)
+    EXTRA_META = frozenset({"null_law"})
+
+    def _extra_name(self, name: str) -> str:
+        if name not in self.EXTRA_META:
+            raise CatalogueError(f"{name!r} is not a meta entry modules may keep; those are {sorted(self.EXTRA_META)}")
+        return name
+
+    def get_meta(self, name: str) -> str | None:
+        """A meta entry kept by another module (see :attr:`EXTRA_META`), or None."""
+        row = self._con().execute("SELECT value FROM meta WHERE name=?", (self._extra_name(name),)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._write_lock, self._tx() as con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (self._extra_name(name), str(value)))
+
+    def delete_meta(self, name: str) -> bool:
+        with self._write_lock, self._tx() as con:
+            return con.execute("DELETE FROM meta WHERE name=?", (self._extra_name(name),)).rowcount > 0
 
     def generation(self) -> int:
         row = self._con().execute("SELECT value FROM meta WHERE name='generation'").fetchone()

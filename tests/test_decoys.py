@@ -1,0 +1,172 @@
+"""The catalogue's own chance law, fitted on its works played backwards (melodyguard.decoys)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from melodyguard.cli import EXIT_ERROR, EXIT_OK, main
+from melodyguard.decoys import (
+    MIN_DECOY_WORKS,
+    _factor,
+    catalogue_law,
+    clear_catalogue_law,
+    fit_catalogue_law,
+    retrograde,
+)
+from melodyguard.detect import check_melody
+from melodyguard.errors import CatalogueError, InvalidInputError
+from melodyguard.fingerprint import Melody
+from melodyguard.index import Catalogue
+from melodyguard.schema import validate_report
+
+#: stock figures of a made-up dance style: runs and arpeggios, up and down, in eighths
+_FIGURES = [[0, 2, 4, 5, 7, 5, 4, 2], [7, 5, 4, 2, 0, 2, 4, 5], [0, 4, 7, 12, 7, 4, 0, 4], [12, 11, 9, 7, 5, 4, 2, 0],
+            [0, 2, 4, 7, 9, 7, 4, 2], [4, 5, 7, 9, 11, 12, 11, 9]]
+
+
+def stock_tune(rng: np.random.Generator, figures: int = 5) -> Melody:
+    """A tune strung together from stock figures, each in a random key, with a held note between:
+    the style in which chance matches run long."""
+    p: list[int] = []
+    d: list[float] = []
+    for _ in range(figures):
+        f = _FIGURES[int(rng.integers(len(_FIGURES)))]
+        base = 60 + int(rng.integers(0, 7))
+        p += [base + x for x in f] + [base + int(rng.choice([0, 7]))]
+        d += [0.5] * len(f) + [1.0]
+    o = np.concatenate([[0.0], np.cumsum(d)[:-1]])
+    return Melody.from_notes(np.asarray(p), o, np.asarray(d))
+
+
+@pytest.fixture(scope="module")
+def stock_catalogue(tmp_path_factory, shipped_encoder):
+    """A real catalogue (SQLite file) of 120 stock-figure tunes."""
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("stock") / "cat"
+    cat = Catalogue(path, encoder=shipped_encoder)
+    cat.add_melodies([{"melody": stock_tune(rng), "sha256": f"stock-{i}", "title": f"Stock {i}"} for i in range(120)])
+    cat.close()
+    return path
+
+
+def test_retrograde_plays_the_notes_backwards():
+    m = Melody.from_notes(np.array([60, 62, 67, 65]), np.array([0.0, 1.0, 1.5, 3.0]), np.array([1.0, 0.5, 1.5, 1.0]))
+    r = retrograde(m)
+    assert r.pitches.tolist() == [65, 67, 62, 60]
+    assert np.allclose(r.durations_beats, [1.0, 1.5, 0.5, 1.0])
+    assert np.allclose(r.onsets_beats, [0.0, 1.0, 2.5, 3.0])
+    back = retrograde(r)
+    assert back.pitches.tolist() == m.pitches.tolist() and np.allclose(back.onsets_beats, m.onsets_beats)
+
+
+def test_factor_leaves_at_most_the_target_flagged():
+    rng = np.random.default_rng(3)
+    e = 10.0 ** rng.uniform(-9, 2, size=400)  # many decoys under the 1e-4 review threshold
+    for target in (0.005, 0.01, 0.05):
+        f = _factor(e, review_evalue=1e-4, target=target)
+        flagged = int((e * f <= 1e-4).sum())
+        assert f > 1.0 and flagged == math.floor(target * e.size)
+        # the boundary sits midway (log scale) between the last decoy allowed and the next:
+        # a factor smaller by more than half that gap flags one more
+        es = np.sort(e)
+        half_gap = math.sqrt(es[flagged] / es[flagged - 1])
+        assert int((e * f / (half_gap * 1.01) <= 1e-4).sum()) > flagged
+        assert int((e * f / (half_gap * 0.99) <= 1e-4).sum()) == flagged
+    # decoys that already stay clear need no correction, and the law never loosens
+    assert _factor(10.0 ** rng.uniform(-2, 2, size=400), review_evalue=1e-4, target=0.005) == 1.0
+    # no decoy allowed: the boundary is half the smallest E-value
+    e2 = np.array([1e-6, 1e-2, 1.0])
+    assert _factor(e2, review_evalue=1e-4, target=0.1) == pytest.approx(1e-4 / 5e-7)
+
+
+def test_fitted_law_is_stored_and_multiplies_every_evalue(stock_catalogue, shipped_encoder, tmp_path):
+    cat = Catalogue(stock_catalogue, encoder=shipped_encoder)
+    clear_catalogue_law(cat)
+    # The stock style makes chance matches: under the shipped law many decoys are flagged.
+    law = fit_catalogue_law(cat, decoys=MIN_DECOY_WORKS, target=0.01, seed=0)
+    info = law.info
+    assert info["decoys"] == MIN_DECOY_WORKS and info["works"] == 120
+    assert info["flagged_before"] > 0.05, info
+    assert law.factor > 1.0 and info["flagged_after"] <= 0.01
+    cat.close()
+    # Stored in the SQLite file: another process (a new Catalogue) sees it.
+    cat2 = Catalogue(stock_catalogue, encoder=shipped_encoder)
+    again = catalogue_law(cat2)
+    assert again is not None and again.factor == pytest.approx(law.factor)
+    query = cat2.melody(cat2.works()[5].id)  # a copy of a work: strong matches, and chance ones
+    with_law = check_melody(query, cat2)
+    shipped = check_melody(query, cat2, law="shipped")
+    assert with_law["catalogue"]["law"]["source"] == "catalogue decoys"
+    assert with_law["catalogue"]["law"]["factor"] == pytest.approx(law.factor, rel=1e-3)
+    assert shipped["catalogue"]["law"] == {"source": "shipped", "factor": 1.0}
+    validate_report(with_law)
+    validate_report(shipped)
+    e_law = {m["work"]["id"]: m["score"]["evalue"] for m in with_law["matches"]}
+    e_shipped = {m["work"]["id"]: m["score"]["evalue"] for m in shipped["matches"]}
+    both = [w for w in e_law if w in e_shipped and e_shipped[w] * law.factor < 1.0]
+    assert both, (with_law["matches"], shipped["matches"])
+    for w in both:
+        assert e_law[w] == pytest.approx(e_shipped[w] * law.factor, rel=2e-3)
+    assert [m["work"]["id"] for m in with_law["matches"]][:1] == [m["work"]["id"] for m in shipped["matches"]][:1]
+    # Forgetting it restores the shipped law.
+    assert clear_catalogue_law(cat2) is True
+    assert catalogue_law(cat2) is None and clear_catalogue_law(cat2) is False
+    assert check_melody(query, cat2)["catalogue"]["law"]["source"] == "shipped"
+    cat2.close()
+
+
+def test_law_of_another_shipped_law_or_encoder_is_not_used(stock_catalogue, shipped_encoder):
+    cat = Catalogue(stock_catalogue, encoder=shipped_encoder)
+    law = fit_catalogue_law(cat, decoys=MIN_DECOY_WORKS, seed=1)
+    assert catalogue_law(cat) is not None
+    for key, value in (("shipped_law", "0" * 16), ("encoder", "other-weights"), ("format", 99)):
+        cat.set_meta("null_law", json.dumps({**law.info, key: value}))
+        assert catalogue_law(cat) is None, key
+        assert check_melody(stock_tune(np.random.default_rng(5)), cat)["catalogue"]["law"]["source"] == "shipped"
+    cat.set_meta("null_law", "{not json")
+    assert catalogue_law(cat) is None
+    clear_catalogue_law(cat)
+    cat.close()
+
+
+def test_bad_settings_and_small_catalogues_are_refused(stock_catalogue, shipped_encoder, tmp_path, rng):
+    cat = Catalogue(stock_catalogue, encoder=shipped_encoder)
+    for bad in (50, 100.0, True):
+        with pytest.raises(InvalidInputError, match="decoys"):
+            fit_catalogue_law(cat, decoys=bad)
+    for bad in (0, 0.5, -0.1, float("nan")):
+        with pytest.raises(InvalidInputError, match="target"):
+            fit_catalogue_law(cat, target=bad)
+    with pytest.raises(InvalidInputError, match="law"):
+        check_melody(stock_tune(rng), cat, law="mine")
+    with pytest.raises(CatalogueError, match="meta entry"):
+        cat.set_meta("encoder", "x")
+    cat.close()
+    small = Catalogue(tmp_path / "small", encoder=shipped_encoder)
+    small.add_melodies([{"melody": stock_tune(rng), "sha256": f"s{i}"} for i in range(10)])
+    before = small.count()
+    with pytest.raises(CatalogueError, match="at least 100 works"):
+        fit_catalogue_law(small, decoys=MIN_DECOY_WORKS)
+    assert small.count() == before and catalogue_law(small) is None
+    small.close()
+
+
+def test_calibrate_command(stock_catalogue, capsys):
+    args = ["calibrate", "--catalogue", str(stock_catalogue), "--quiet"]
+    assert main(args + ["--clear"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(args + ["--show"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {"source": "shipped", "factor": 1.0}
+    assert main(args + ["--decoys", "100", "--seed", "2"]) == EXIT_OK
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["decoys"] == 100 and fitted["factor"] >= 1.0 and fitted["seed"] == 2
+    assert main(args + ["--show"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["factor"] == fitted["factor"]
+    assert main(args + ["--decoys", "10"]) == EXIT_ERROR
+    assert "decoys must be" in capsys.readouterr().err
+    assert main(args + ["--clear"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {"cleared": True}
