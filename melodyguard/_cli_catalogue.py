@@ -40,8 +40,35 @@ def _setup_add(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index-kind", choices=["auto", "flat", "ivf", "hnsw"], default=None,
                    help="FAISS index, kept in the catalogue: auto (new catalogues: exact up to 100,000 window "
                         "vectors, IVF beyond), flat, ivf or hnsw")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not fit the catalogue's own chance law (done when it reaches 100 works and whenever it "
+                        "has doubled or halved since; see `melodyguard calibrate`)")
     p.add_argument("--quiet", action="store_true")
     _catalogue_arg(p)
+
+
+def refresh_law(cat: Any, *, quiet: bool, skip: bool = False) -> dict[str, Any]:
+    """Fit the catalogue's chance law when :func:`~melodyguard.decoys.law_needs_fit` says so;
+    what the summary line says of the law in force."""
+    from tqdm import tqdm
+
+    from .decoys import catalogue_law, fit_catalogue_law, law_needs_fit
+
+    fitted_now = False
+    if not skip and law_needs_fit(cat):
+        bar = tqdm(desc="calibrate (decoys)", unit="check", disable=quiet, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        fit_catalogue_law(cat, progress=progress)
+        bar.close()
+        fitted_now = True
+    law = catalogue_law(cat)
+    if law is None:
+        return {"source": "shipped", "factor": 1.0}
+    return {**law.public(), "fitted_now": fitted_now}
 
 
 def _add_from_corpus(a: argparse.Namespace) -> int:
@@ -59,7 +86,8 @@ def _add_from_corpus(a: argparse.Namespace) -> int:
         cat.add_melodies([{"melody": t.melody, "sha256": "corpus:" + t.key, "title": t.title, "external_id": t.key,
                            "owner": t.collection} for t in tunes[b:b + 200]], skip_duplicates=True)
     cat.index()
-    print(json.dumps({"added": cat.count() - before, "works": cat.count()}))
+    law = refresh_law(cat, quiet=a.quiet, skip=a.no_calibrate)
+    print(json.dumps({"added": cat.count() - before, "works": cat.count(), "law": law}))
     return EXIT_OK
 
 
@@ -121,7 +149,9 @@ def _cmd_add(a: argparse.Namespace) -> int:
         except MelodyGuardError as exc:
             failed.append((str(job["path"]), str(exc)))
     cat.index()  # bring the FAISS index up to date once
-    print(json.dumps({"added": added, "skipped_duplicates": skipped, "failed": len(failed), "works": cat.count()}))
+    law = refresh_law(cat, quiet=a.quiet, skip=a.no_calibrate or not added)
+    print(json.dumps({"added": added, "skipped_duplicates": skipped, "failed": len(failed), "works": cat.count(),
+                      "law": law}))
     for failed_path, err in failed:
         print(f"failed: {failed_path}: {err}", file=sys.stderr)
     return EXIT_ERROR if failed else EXIT_OK

@@ -18,7 +18,7 @@ def _setup_demo(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from ._cli_catalogue import describe
+    from ._cli_catalogue import describe, refresh_law
     from .corpus import build_corpus, load_corpus
     from .detect import check_file
     from .evidence import write_html_report
@@ -44,6 +44,12 @@ def _cmd_demo(a: argparse.Namespace) -> int:
                        "owner": "O'Neill's Music of Ireland (1850)"} for t in tunes], skip_duplicates=True)
     cat.index()
     print(f"3. Demo catalogue: {cat.count()} works in {a.out / 'catalogue'}")
+    law = refresh_law(cat, quiet=a.quiet)
+    if law["source"] == "shipped":
+        print("   Chance law: the shipped one.")
+    else:
+        print(f"   Chance law of this catalogue, from {law['decoys']} of its works played backwards: E-values x"
+              f"{law['factor']:.3g}" + (" (the shipped law holds here)" if law["factor"] == 1.0 else ""))
     rep = check_file(example, cat)
     print("4. Check:")
     print(describe(rep))

@@ -17,7 +17,9 @@ catalogue alike, the ranking of matches is unchanged.
 
 The law is stored in the catalogue's SQLite ``meta`` table (name ``null_law``, versioned) with
 what it was fitted under: the shipped law's id, the encoder, the review threshold, the number
-of works. :func:`catalogue_law` returns it only while the shipped law and encoder are the same
+of works. ``melodyguard add`` fits it when a catalogue reaches :data:`MIN_DECOY_WORKS` works
+and again whenever the catalogue has doubled or halved since (:func:`law_needs_fit`; ``add
+--no-calibrate`` skips it, ``melodyguard calibrate`` fits it on demand). :func:`catalogue_law` returns it only while the shipped law and encoder are the same
 ones; reports say which law was used (``catalogue.law``).
 """
 
@@ -38,7 +40,7 @@ from .errors import CatalogueError, InvalidInputError
 from .fingerprint.melody import Melody
 
 __all__ = ["NULL_LAW_FORMAT", "MIN_DECOY_WORKS", "CatalogueLaw", "retrograde", "law_id", "fit_catalogue_law",
-           "catalogue_law", "clear_catalogue_law"]
+           "catalogue_law", "law_needs_fit", "clear_catalogue_law"]
 
 NULL_LAW_FORMAT = 1
 #: fewest works (decoys) a law is fitted on: with fewer, the few smallest decoy E-values that
@@ -187,6 +189,20 @@ def catalogue_law(catalogue: Any) -> CatalogueLaw | None:
             or info.get("encoder") != catalogue.encoder.fingerprint or not math.isfinite(factor) or factor < 1.0):
         return None
     return CatalogueLaw(factor, info)
+
+
+def law_needs_fit(catalogue: Any, *, growth: float = 2.0) -> bool:
+    """True when the catalogue is large enough for a law of its own (:data:`MIN_DECOY_WORKS`
+    works) and has no usable one, or has grown or shrunk by ``growth`` times since it was
+    fitted (``melodyguard add`` then fits it again)."""
+    n = catalogue.count()
+    if n < MIN_DECOY_WORKS:
+        return False
+    law = catalogue_law(catalogue)
+    if law is None:
+        return True
+    fitted = max(int(law.info.get("works", 0)), 1)
+    return n >= growth * fitted or n * growth <= fitted
 
 
 def clear_catalogue_law(catalogue: Any) -> bool:

@@ -156,7 +156,8 @@ class Calibration:
     @cached_property
     def scoring(self) -> Scoring:
         d = self.info.get("scoring")
-        return Scoring(**d) if d else DEFAULT_SCORING
+        # A law fitted before pedal figures were weighed down was fitted without it.
+        return Scoring(**{"pedal_floor": 1.0, **d}) if d else DEFAULT_SCORING
 
     def evalue(self, score: float, m: int, n: int, *, collapsed: bool = False) -> float:
         """Expected number of chance alignments scoring >= ``score`` between ``m`` query notes

@@ -64,8 +64,8 @@ def background_of(tunes) -> dict:
 
 
 def _best(q, r, qi, ri, transpositions, ratio, scoring, bg) -> float:
-    wq = note_weights(q, qi, bg)
-    wr = note_weights(r, ri, bg)
+    wq = note_weights(q, qi, bg, scoring=scoring)
+    wr = note_weights(r, ri, bg, scoring=scoring)
     best = 0.0
     for t in transpositions:
         al = align_notes(q, qi, r, ri, transposition=int(t), tempo_ratio=ratio, max_segments=1,

@@ -403,3 +403,33 @@ def test_server_limits_native_threads(api_env, monkeypatch):
         set_native_threads(0)
     with pytest.raises(ValidationError):
         Settings(catalogue=path, threads=0)
+
+
+def test_catalogue_law_endpoints(api_env, shipped_encoder):
+    """GET shows the law in force; only admins fit or forget one; a catalogue under 100 works
+    is refused with 409 and left as it was; a fitted law shows in reports."""
+    path, mels, keys = api_env
+    with _client(path) as c:
+        shipped = {"source": "shipped", "factor": 1.0}
+        assert c.get("/v1/catalogue/law", headers=H(keys["screener"])).json() == shipped
+        assert c.post("/v1/catalogue/law", headers=H(keys["acme"])).status_code == 403
+        r = c.post("/v1/catalogue/law", headers=H(keys["admin"]))
+        assert r.status_code == 409 and "at least 100 works" in r.json()["detail"]
+        assert c.post("/v1/catalogue/law?decoys=5", headers=H(keys["admin"])).status_code == 422
+        assert c.get("/readyz").json()["works"] == 6
+    cat = Catalogue(path, encoder=shipped_encoder)
+    more = make_catalogue_melodies(np.random.default_rng(5), 100, 40)
+    cat.add_melodies([{"melody": m, "sha256": f"more{i}", "title": f"more {i}"} for i, m in enumerate(more)])
+    cat.close()
+    with _client(path) as c:
+        r = c.post("/v1/catalogue/law?decoys=100&seed=1", headers=H(keys["admin"]))
+        assert r.status_code == 200, r.text
+        law = r.json()
+        assert law["source"] == "catalogue decoys" and law["decoys"] == 100 and law["fitted_works"] == 106
+        assert law["factor"] >= 1.0 and 0.0 <= law["flagged_after"] <= law["flagged_before"]
+        assert c.get("/v1/catalogue/law", headers=H(keys["acme"])).json()["fitted_at"] == law["fitted_at"]
+        rep = c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
+        assert rep.json()["catalogue"]["law"]["source"] == "catalogue decoys"
+        assert c.delete("/v1/catalogue/law", headers=H(keys["acme"])).status_code == 403
+        assert c.delete("/v1/catalogue/law", headers=H(keys["admin"])).json() == {"cleared": True}
+        assert c.get("/v1/catalogue/law", headers=H(keys["admin"])).json() == shipped

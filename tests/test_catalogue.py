@@ -751,12 +751,14 @@ def test_prepare_notes_equals_the_stepwise_preparation(rng):
     for _ in range(60):
         n = int(rng.integers(1, 40))
         pitch = np.cumsum(rng.integers(-14, 15, n)) + 60  # leaps beyond the tables' clipping too
+        if _ % 3 == 0:  # a pedal figure: every other note returns to one pitch
+            pitch[::2] = 67
         dur = rng.choice([0.125, 0.25, 1 / 3, 0.5, 0.75, 1.0, 3.0, 1e-6], n)
         onsets = np.r_[0.0, np.cumsum(dur[:-1])]
-        for scoring in (Scoring(), Scoring(weighted=False), Scoring(ornament_interval=-1)):
+        for scoring in (Scoring(), Scoring(weighted=False), Scoring(ornament_interval=-1), Scoring(pedal_floor=0.3)):
             for bg in (background, None):
                 ioi = note_iois(onsets, dur)
-                want = prepare_side(pitch, ioi, weight=note_weights(pitch, ioi, bg), scoring=scoring)
+                want = prepare_side(pitch, ioi, weight=note_weights(pitch, ioi, bg, scoring=scoring), scoring=scoring)
                 got_ioi, got = prepare_notes(pitch, onsets, dur, background=bg, scoring=scoring)
                 np.testing.assert_array_equal(got_ioi, ioi)
                 for f in fields:
@@ -1347,6 +1349,40 @@ def test_a_short_exact_copy_outscores_a_longer_passage_held_together_by_near_mis
     assert score(exact, DEFAULT_SCORING) > score(loose, DEFAULT_SCORING) + 1.0
     lenient = dataclasses.replace(DEFAULT_SCORING, near=-0.6)
     assert score(exact, lenient) < score(loose, lenient)
+
+
+def test_pedal_figures_weigh_less_and_other_passages_do_not_change(rng):
+    """Notes amid a pedal figure (a return to the pitch two notes back, every other note) keep
+    ``pedal_floor`` of their weight, so an exact match of a broken-chord passage scores less than
+    with the floor off, while a passage without returns scores the same."""
+    import dataclasses
+
+    from melodyguard.align import DEFAULT_SCORING, align_notes, note_iois, note_weights, pedal_factors
+    from melodyguard.detect import load_calibration
+
+    assert DEFAULT_SCORING.pedal_floor < 1.0
+    pedal = np.array([72, 76, 72, 67, 72, 64, 72, 76, 72, 67, 72, 64, 72, 79, 72, 76] * 2)
+    f = pedal_factors(pedal, floor=0.5)
+    assert f.min() == 0.5 and f.max() <= 1.0
+    assert np.all(pedal_factors(pedal, floor=1.0) == 1.0)
+    walk = np.array([60, 62, 64, 65, 67, 69, 71, 72, 74, 72, 69, 67, 65, 64, 62, 60] * 2)  # no returns
+    assert np.all(pedal_factors(walk, floor=0.5) == 1.0)
+    bg = load_calibration().info["background"]
+    off = dataclasses.replace(DEFAULT_SCORING, pedal_floor=1.0)
+
+    def self_score(p, scoring):
+        ioi = note_iois(np.arange(p.size) * 0.5, np.full(p.size, 0.5))
+        w = note_weights(p, ioi, bg, scoring=scoring)
+        return align_notes(p, ioi, p + 2, ioi, transposition=2, tempo_ratio=1.0, max_segments=1,
+                           q_weight=w, r_weight=w, scoring=scoring)[0].score
+
+    assert self_score(pedal, DEFAULT_SCORING) < 0.8 * self_score(pedal, off)
+    assert self_score(walk, DEFAULT_SCORING) == self_score(walk, off)
+    # a law fitted before the floor existed names no pedal_floor: it was fitted without one
+    from melodyguard.detect import Calibration
+
+    old = {k: v for k, v in dataclasses.asdict(DEFAULT_SCORING).items() if k != "pedal_floor"}
+    assert Calibration(1.0, 0.01, {"scoring": old}).scoring == off
 
 
 def test_the_shipped_law_was_fitted_for_the_default_scores():

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import melody_midi
 
 from melodyguard.cli import EXIT_ERROR, EXIT_OK, main
 from melodyguard.decoys import (
@@ -15,6 +16,7 @@ from melodyguard.decoys import (
     catalogue_law,
     clear_catalogue_law,
     fit_catalogue_law,
+    law_needs_fit,
     retrograde,
 )
 from melodyguard.detect import check_melody
@@ -170,3 +172,39 @@ def test_calibrate_command(stock_catalogue, capsys):
     assert "decoys must be" in capsys.readouterr().err
     assert main(args + ["--clear"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out) == {"cleared": True}
+
+
+def test_add_fits_the_law_when_the_catalogue_reaches_100_works(tmp_path, capsys):
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(MIN_DECOY_WORKS + 2):
+        m = stock_tune(rng)
+        (folder / f"t{i:03d}.mid").write_bytes(melody_midi(m.pitches, m.onsets_beats, m.durations_beats))
+    files = sorted(folder.iterdir())
+    base = ["--catalogue", str(tmp_path / "cat"), "--quiet"]
+
+    def add(*args: str) -> dict:
+        assert main(["add", *args, *base]) == EXIT_OK
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    first = add(*map(str, files[:MIN_DECOY_WORKS]), "--no-calibrate")
+    assert first["works"] == MIN_DECOY_WORKS and first["law"] == {"source": "shipped", "factor": 1.0}
+    second = add(str(files[MIN_DECOY_WORKS]))  # no law yet and 101 works: fitted now
+    assert second["law"]["source"] == "catalogue decoys" and second["law"]["fitted_now"] is True
+    assert second["law"]["decoys"] == MIN_DECOY_WORKS + 1 and second["law"]["factor"] >= 1.0
+    third = add(str(files[MIN_DECOY_WORKS + 1]))  # fitted on 101 works; 102 is not double: kept
+    assert third["law"]["fitted_now"] is False and third["law"]["fitted_at"] == second["law"]["fitted_at"]
+
+
+def test_law_is_fitted_again_when_the_catalogue_doubles_or_halves(stock_catalogue, shipped_encoder):
+    cat = Catalogue(stock_catalogue, encoder=shipped_encoder)  # 120 works
+    clear_catalogue_law(cat)
+    assert law_needs_fit(cat)
+    law = fit_catalogue_law(cat, decoys=MIN_DECOY_WORKS, seed=3)
+    assert not law_needs_fit(cat)
+    for works, stale in ((60, True), (61, False), (239, False), (240, True)):
+        cat.set_meta("null_law", json.dumps({**law.info, "works": works}))
+        assert law_needs_fit(cat) is stale, works
+    clear_catalogue_law(cat)
+    cat.close()

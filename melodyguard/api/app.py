@@ -39,9 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import cap_native_threads
-from ..decoys import catalogue_law
+from ..decoys import MIN_DECOY_WORKS, catalogue_law, clear_catalogue_law, fit_catalogue_law
 from ..errors import (
     ArtifactError,
+    CatalogueError,
     DuplicateWorkError,
     EmptyCatalogueError,
     InputTooLargeError,
@@ -69,7 +70,8 @@ class ErrorBody(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {400: "Bad request", 401: "Missing or invalid API key", 403: "The key's role may not do this",
-            404: "Not found (or not yours)", 409: "Already registered (works); no works to compare with (checks, audits)",
+            404: "Not found (or not yours)", 409: "Already registered (works); no works to compare with (checks, "
+                                                  "audits); too few works for a law of its own (catalogue law)",
             413: "Upload too large",
             415: "Not a MIDI or audio file", 422: "Invalid input", 429: "Rate limit exceeded"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
@@ -80,7 +82,7 @@ T = TypeVar("T")
 #: library errors to HTTP status codes, most specific first (anything else: 400)
 _STATUS: tuple[tuple[type[MelodyGuardError], int], ...] = (
     (DuplicateWorkError, 409), (EmptyCatalogueError, 409), (WorkNotFoundError, 404), (InputTooLargeError, 413),
-    (UnsupportedFormatError, 415), (InvalidInputError, 422), (ArtifactError, 503),
+    (UnsupportedFormatError, 415), (InvalidInputError, 422), (ArtifactError, 503), (CatalogueError, 409),
 )
 _AUTH_ERRORS = (401, 403, 429)
 _UPLOAD_ERRORS = (400, 413, 415, 422)
@@ -144,6 +146,7 @@ def _role(*allowed: str) -> Any:
 
 Anyone = Annotated[Principal, Depends(_role("admin", "owner", "screener"))]
 Writer = Annotated[Principal, Depends(_role("admin", "owner"))]
+Admin = Annotated[Principal, Depends(_role("admin"))]
 WorkId = Annotated[int, Path(ge=1, le=2**62)]
 JobId = Annotated[str, Path(pattern="^[0-9a-f]{32}$")]
 
@@ -332,6 +335,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _own_work(request, who, work_id)
         work = request.app.state.catalogue.remove(work_id)
         return {"deleted": work.to_dict()}
+
+    # ------------------------------------------------------------------ the catalogue's chance law
+    @app.get("/v1/catalogue/law", summary="The chance law the catalogue's E-values are under",
+             responses=_errors(*_AUTH_ERRORS))
+    def get_law(request: Request, who: Anyone) -> dict[str, Any]:
+        law = catalogue_law(request.app.state.catalogue)
+        return law.public() if law else {"source": "shipped", "factor": 1.0}
+
+    @app.post("/v1/catalogue/law", summary="Fit the catalogue's own chance law on its works played backwards "
+              "(admin; one check per decoy, about 15-45 s)", responses=_errors(*_AUTH_ERRORS, 409, 422))
+    def post_law(
+        request: Request,
+        who: Admin,
+        decoys: Annotated[int, Query(ge=MIN_DECOY_WORKS, le=5000, description="works played backwards")] = 600,
+        target: Annotated[float, Query(gt=0, lt=0.5, description="share of decoys review may flag")] = 0.005,
+        seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
+    ) -> dict[str, Any]:
+        law = capped(fit_catalogue_law, request.app.state.catalogue, decoys=decoys, target=target, seed=seed)
+        return {**law.public(), "flagged_before": law.info["flagged_before"], "flagged_after": law.info["flagged_after"]}
+
+    @app.delete("/v1/catalogue/law", summary="Forget the catalogue's own law (admin): the shipped one is used",
+                responses=_errors(*_AUTH_ERRORS))
+    def delete_law(request: Request, who: Admin) -> dict[str, Any]:
+        return {"cleared": clear_catalogue_law(request.app.state.catalogue)}
 
     # ------------------------------------------------------------------ checks
     @app.post("/v1/checks", summary="Check a file against the catalogue",
