@@ -8,8 +8,10 @@ catalogue of Essen folk songs (docs/benchmarks.md).
 
 :func:`fit_catalogue_law` measures that in the catalogue itself. Each decoy is a catalogue work
 played backwards (:func:`retrograde`): the same steps, leaps and durations as the catalogue's
-style, but no phrase of any real tune. It is checked against the catalogue with its own work
-left out, under the shipped law. The catalogue's law multiplies every E-value by the smallest
+style, but no phrase of any real tune. It is checked against the catalogue under the shipped
+law, with its own work left out and the works the review threshold calls its relatives (the
+source checked forwards; variants of a tune keep its symmetric passages, which the backwards
+copy still holds). The catalogue's law multiplies every E-value by the smallest
 factor >= 1 that leaves at most ``target`` of the decoys flagged at the review threshold (the
 boundary is put midway, in log scale, between the last decoy allowed and the first not).
 The factor only ever makes verdicts stricter, and as it multiplies every E-value of the
@@ -30,7 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,7 @@ from .config import DEFAULT_MIN_NOTES
 from .errors import CatalogueError, InvalidInputError
 from .fingerprint.melody import Melody
 
-__all__ = ["NULL_LAW_FORMAT", "MIN_DECOY_WORKS", "CatalogueLaw", "retrograde", "law_id", "fit_catalogue_law",
+__all__ = ["NULL_LAW_FORMAT", "MIN_DECOY_WORKS", "CatalogueLaw", "retrograde", "law_id", "check_decoy", "fit_catalogue_law",
            "catalogue_law", "law_needs_fit", "clear_catalogue_law"]
 
 NULL_LAW_FORMAT = 1
@@ -47,6 +49,8 @@ NULL_LAW_FORMAT = 1
 #: set the factor are too few to say anything
 MIN_DECOY_WORKS = 100
 _META_NAME = "null_law"
+#: matches of a decoy's source examined for relatives (see fit_catalogue_law)
+RELATIVES_CHECKED = 50
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,24 @@ def _factor(evalues: np.ndarray, *, review_evalue: float, target: float) -> floa
     return max(1.0, review_evalue / boundary)
 
 
+def check_decoy(melody: Melody, catalogue: Any, *, source: int | None = None, config: Any = None,
+                law: str = "shipped") -> tuple[dict[str, Any], set[int]]:
+    """Check ``melody`` played backwards against the catalogue, leaving out its ``source`` work
+    (when it is one) and the works the review threshold calls its relatives (``melody`` checked
+    forwards, its best :data:`RELATIVES_CHECKED` matches): a tune family's variants share the
+    tune's own symmetric passages, which its backwards copy still holds. In 9.4k Essen songs,
+    with only the source left out, 1.3 % of decoys were flagged, against 0.24 % of held-out
+    tunes played backwards. Returns the decoy's report and the relatives left out."""
+    from .detect import DEFAULT_DETECT, check_melody
+
+    config = config or DEFAULT_DETECT
+    fwd = check_melody(melody, catalogue, config=replace(config, max_matches=RELATIVES_CHECKED), exclude_work=source,
+                       law="shipped")
+    rel = {m["work"]["id"] for m in fwd["matches"] if m["score"]["evalue"] <= config.review_evalue}
+    rep = check_melody(retrograde(melody), catalogue, config=config, exclude_work=source, exclude_works=rel, law=law)
+    return rep, rel
+
+
 def fit_catalogue_law(
     catalogue: Any,
     *,
@@ -113,13 +135,13 @@ def fit_catalogue_law(
     save: bool = True,
 ) -> CatalogueLaw:
     """Fit the catalogue's chance law on ``decoys`` of its works played backwards (see the
-    module doc) and, with ``save``, store it in the catalogue. Takes one check per decoy (about
+    module doc) and, with ``save``, store it in the catalogue. Takes two checks per decoy (about
     25-45 ms each at 10k works).
 
     Raises :class:`~melodyguard.errors.CatalogueError` when the catalogue has fewer than
     :data:`MIN_DECOY_WORKS` works long enough to judge.
     """
-    from .detect import DEFAULT_DETECT, check_melody, load_calibration
+    from .detect import DEFAULT_DETECT, load_calibration
 
     if isinstance(decoys, bool) or not isinstance(decoys, int) or decoys < MIN_DECOY_WORKS:
         raise InvalidInputError(f"decoys must be an integer >= {MIN_DECOY_WORKS}; got {decoys!r}")
@@ -134,11 +156,11 @@ def fit_catalogue_law(
             f"this catalogue has {len(works)}, so the shipped law is used")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(works), size=min(decoys, len(works)), replace=False).tolist())
-    evalues = []
+    evalues, relatives = [], []
     for i, j in enumerate(pick):
         w = works[j]
-        rep = check_melody(retrograde(catalogue.melody(w.id)), catalogue, config=config, exclude_work=w.id,
-                           law="shipped")
+        rep, rel = check_decoy(catalogue.melody(w.id), catalogue, source=w.id, config=config, law="shipped")
+        relatives.append(len(rel))
         evalues.append(rep["matches"][0]["score"]["evalue"] if rep["matches"] else math.inf)
         if progress is not None:
             progress(i + 1, len(pick))
@@ -158,6 +180,8 @@ def fit_catalogue_law(
         "flagged_after": round(float(np.mean(e * factor <= config.review_evalue)), 4),
         "blocked_before": round(float(np.mean(e <= config.block_evalue)), 4),
         "blocked_after": round(float(np.mean(e * factor <= config.block_evalue)), 4),
+        "relatives_left_out_mean": round(float(np.mean(relatives)), 2),
+        "decoys_with_relatives": round(float(np.mean(np.asarray(relatives) > 0)), 4),
         "decoy_log10_e_quantiles": {str(q): round(float(np.log10(max(np.quantile(e, q), 1e-300))), 3)
                                     for q in (0.005, 0.01, 0.05, 0.1, 0.5)},
         "shipped_law": law_id(cal),

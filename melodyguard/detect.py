@@ -250,10 +250,11 @@ def check_melody(
     query_info: dict[str, Any] | None = None,
     exclude_work: int | None = None,
     law: str = "catalogue",
+    exclude_works: Iterable[int] = (),
 ) -> dict[str, Any]:
     """Check one melody against a catalogue and return the JSON report (a dict).
 
-    ``exclude_work`` leaves one work out (used by self-audits). ``law``: ``"catalogue"`` uses
+    ``exclude_work`` leaves one work out (used by self-audits), ``exclude_works`` several. ``law``: ``"catalogue"`` uses
     the catalogue's own chance law when one was fitted (:mod:`melodyguard.decoys`), else the
     shipped one; ``"shipped"`` always the shipped one.
     """
@@ -290,8 +291,9 @@ def check_melody(
     keep = ok.reshape(-1)
     qi_all, r_all, s_all = qi_all[keep], r_all[keep], s_all[keep]
     w_all = table.work_id[r_all]
-    if exclude_work is not None:
-        keep = w_all != exclude_work
+    excluded = {int(w) for w in exclude_works} | ({int(exclude_work)} if exclude_work is not None else set())
+    if excluded:
+        keep = ~np.isin(w_all, np.fromiter(excluded, np.int64, len(excluded)))
         qi_all, r_all, s_all, w_all = qi_all[keep], r_all[keep], s_all[keep], w_all[keep]
     pq_all = qparent[qi_all]
     order = np.lexsort((-s_all, w_all, pq_all))
@@ -341,7 +343,7 @@ def check_melody(
     if config.figure_candidates and hasattr(catalogue, "figures"):
         # Short lifted phrases leave too few window hits to win the vote; their 3-note figures
         # still agree on one key, pace and offset (melodyguard.index.figures).
-        skip = set(ranked) | ({exclude_work} if exclude_work is not None else set())
+        skip = set(ranked) | excluded
         extra = catalogue.figures().candidates(melody, top=config.figure_candidates, exclude=skip,
                                                 max_df=config.figure_max_df, max_works=config.figure_max_works)
         ranked += extra

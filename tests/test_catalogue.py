@@ -1357,7 +1357,13 @@ def test_pedal_figures_weigh_less_and_other_passages_do_not_change(rng):
     with the floor off, while a passage without returns scores the same."""
     import dataclasses
 
-    from melodyguard.align import DEFAULT_SCORING, align_notes, note_iois, note_weights, pedal_factors
+    from melodyguard.align import (
+        DEFAULT_SCORING,
+        align_notes,
+        note_iois,
+        note_weights,
+        pedal_factors,
+    )
     from melodyguard.detect import load_calibration
 
     assert DEFAULT_SCORING.pedal_floor < 1.0

@@ -7,13 +7,14 @@ import math
 
 import numpy as np
 import pytest
-from conftest import melody_midi
+from conftest import melody_midi, random_melody
 
 from melodyguard.cli import EXIT_ERROR, EXIT_OK, main
 from melodyguard.decoys import (
     MIN_DECOY_WORKS,
     _factor,
     catalogue_law,
+    check_decoy,
     clear_catalogue_law,
     fit_catalogue_law,
     law_needs_fit,
@@ -207,4 +208,25 @@ def test_law_is_fitted_again_when_the_catalogue_doubles_or_halves(stock_catalogu
         cat.set_meta("null_law", json.dumps({**law.info, "works": works}))
         assert law_needs_fit(cat) is stale, works
     clear_catalogue_law(cat)
+    cat.close()
+
+
+def test_a_decoy_leaves_out_its_source_and_the_relatives_of_its_source(tmp_path, shipped_encoder):
+    """A palindrome played backwards is itself: against a catalogue holding a variant of it, the
+    decoy would 'copy' the variant. check_decoy leaves out the source and every work the review
+    threshold calls a relative of the source, and nothing else."""
+    rng = np.random.default_rng(21)
+    hp, _, hd = random_melody(rng, 16)
+    p, d = np.r_[hp, hp[::-1]], np.r_[hd, hd[::-1]]
+    pal = Melody.from_notes(p, np.r_[0.0, np.cumsum(d)[:-1]], d)
+    variant = Melody.from_notes(p + 2, pal.onsets_beats * 2, pal.durations_beats * 2)  # transposed, slower
+    others = [Melody.from_notes(*random_melody(rng, 40)) for _ in range(8)]
+    cat = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    ids = [w.id for w in cat.add_melodies([{"melody": m, "sha256": f"w{i}"} for i, m in enumerate([pal, variant, *others])])]
+    plain = check_melody(retrograde(pal), cat, exclude_work=ids[0], law="shipped")
+    assert plain["matches"][0]["work"]["id"] == ids[1] and plain["verdict"] == "block"  # the variant, "copied"
+    rep, rel = check_decoy(pal, cat, source=ids[0])
+    assert rel == {ids[1]}
+    assert ids[0] not in [m["work"]["id"] for m in rep["matches"]] and ids[1] not in [m["work"]["id"] for m in rep["matches"]]
+    assert rep["verdict"] == "clear"
     cat.close()
