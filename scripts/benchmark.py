@@ -540,7 +540,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
         if law == "catalogue":
             res["fpr_default_review_backwards_negatives_shipped_law"] = shipped_rate(dec_scores, factor)
             # The same decoys with their catalogue relatives left out, as the law's own decoys are.
-            out = [check_decoy(h.melody, cat)[0] for h in negatives]
+            out = [check_decoy(h.melody, cat, law="catalogue")[0] for h in negatives]
             out_scores = np.array([-np.log10(max(r["matches"][0]["score"]["evalue"], 1e-300)) if r["matches"] else -10.0
                                    for r in out])
             res["fpr_default_review_backwards_negatives_relatives_out"] = round(
