@@ -173,7 +173,7 @@ def fit_catalogue_law(
         "target": float(target),
         "decoys": int(e.size),
         "seed": int(seed),
-        "works": len(catalogue.works()),
+        "works": int(catalogue.count()),
         "review_evalue": config.review_evalue,
         "block_evalue": config.block_evalue,
         "flagged_before": round(float(np.mean(e <= config.review_evalue)), 4),
@@ -182,7 +182,8 @@ def fit_catalogue_law(
         "blocked_after": round(float(np.mean(e * factor <= config.block_evalue)), 4),
         "relatives_left_out_mean": round(float(np.mean(relatives)), 2),
         "decoys_with_relatives": round(float(np.mean(np.asarray(relatives) > 0)), 4),
-        "decoy_log10_e_quantiles": {str(q): round(float(np.log10(max(np.quantile(e, q), 1e-300))), 3)
+        # decoys without any match count as E = 1e300 here (the stored JSON stays finite)
+        "decoy_log10_e_quantiles": {str(q): round(float(np.log10(np.quantile(np.clip(e, 1e-300, 1e300), q))), 3)
                                     for q in (0.005, 0.01, 0.05, 0.1, 0.5)},
         "shipped_law": law_id(cal),
         "encoder": catalogue.encoder.fingerprint,

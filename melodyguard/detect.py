@@ -254,9 +254,9 @@ def check_melody(
 ) -> dict[str, Any]:
     """Check one melody against a catalogue and return the JSON report (a dict).
 
-    ``exclude_work`` leaves one work out (used by self-audits), ``exclude_works`` several. ``law``: ``"catalogue"`` uses
-    the catalogue's own chance law when one was fitted (:mod:`melodyguard.decoys`), else the
-    shipped one; ``"shipped"`` always the shipped one.
+    ``exclude_work`` leaves one work out (used by self-audits), ``exclude_works`` several.
+    ``law``: ``"catalogue"`` uses the catalogue's own chance law when one was fitted
+    (:mod:`melodyguard.decoys`), else the shipped one; ``"shipped"`` always the shipped one.
     """
     if law not in LAWS:
         raise InvalidInputError(f"law must be one of {LAWS}; got {law!r}")

@@ -165,7 +165,11 @@ def test_calibrate_command(stock_catalogue, capsys):
     assert main(args + ["--show"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out) == {"source": "shipped", "factor": 1.0}
     assert main(args + ["--decoys", "100", "--seed", "2"]) == EXIT_OK
-    fitted = json.loads(capsys.readouterr().out)
+
+    def strict(name: str):  # NaN or Infinity: not JSON
+        raise AssertionError(f"calibrate printed {name}")
+
+    fitted = json.loads(capsys.readouterr().out, parse_constant=strict)
     assert fitted["decoys"] == 100 and fitted["factor"] >= 1.0 and fitted["seed"] == 2
     assert main(args + ["--show"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["factor"] == fitted["factor"]
