@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,28 +48,32 @@ def _setup_add(p: argparse.ArgumentParser) -> None:
     _catalogue_arg(p)
 
 
+def progress_bar(desc: str, unit: str, *, quiet: bool) -> tuple[Any, Callable[[int, int], None]]:
+    """A tqdm bar on stderr and the ``progress(done, total)`` callback the library calls."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=unit, disable=quiet, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
+
+
 def refresh_law(cat: Any, *, quiet: bool, skip: bool = False) -> dict[str, Any]:
     """Fit the catalogue's chance law when :func:`~melodyguard.decoys.law_needs_fit` says so;
     what the summary line says of the law in force."""
-    from tqdm import tqdm
-
-    from .decoys import catalogue_law, fit_catalogue_law, law_needs_fit
+    from .decoys import catalogue_law, fit_catalogue_law, law_needs_fit, law_summary
 
     fitted_now = False
     if not skip and law_needs_fit(cat):
-        bar = tqdm(desc="calibrate (decoys)", unit="check", disable=quiet, file=sys.stderr)
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+        bar, progress = progress_bar("calibrate (decoys)", "check", quiet=quiet)
         fit_catalogue_law(cat, progress=progress)
         bar.close()
         fitted_now = True
     law = catalogue_law(cat)
-    if law is None:
-        return {"source": "shipped", "factor": 1.0}
-    return {**law.public(), "fitted_now": fitted_now}
+    return law_summary(law) if law is None else {**law_summary(law), "fitted_now": fitted_now}
 
 
 def _add_from_corpus(a: argparse.Namespace) -> int:
@@ -185,14 +190,7 @@ def _setup_reembed(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_reembed(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    bar = tqdm(desc="reembed", unit="work", disable=a.quiet, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, progress = progress_bar("reembed", "work", quiet=a.quiet)
     cat = open_catalogue(a, reembed=True, progress=progress)
     bar.close()
     cat.index()  # the FAISS index of the new vectors, built once here rather than on the first query
@@ -218,9 +216,7 @@ def _setup_calibrate(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_calibrate(a: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .decoys import catalogue_law, clear_catalogue_law, fit_catalogue_law
+    from .decoys import catalogue_law, clear_catalogue_law, fit_catalogue_law, law_summary
 
     cat = open_catalogue(a)
     if a.show or a.clear:
@@ -230,14 +226,9 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
             print(json.dumps({"cleared": clear_catalogue_law(cat)}))
             return EXIT_OK
         law = catalogue_law(cat)
-        print(json.dumps(law.info if law else {"source": "shipped", "factor": 1.0}))
+        print(json.dumps(law.info if law else law_summary(None)))
         return EXIT_OK
-    bar = tqdm(desc="decoys", unit="check", disable=a.quiet, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, progress = progress_bar("decoys", "check", quiet=a.quiet)
     law = fit_catalogue_law(cat, decoys=a.decoys, target=a.target, seed=a.seed, progress=progress)
     bar.close()
     print(json.dumps(law.info))

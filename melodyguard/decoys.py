@@ -42,7 +42,7 @@ from .errors import CatalogueError, InvalidInputError
 from .fingerprint.melody import Melody
 
 __all__ = ["NULL_LAW_FORMAT", "MIN_DECOY_WORKS", "CatalogueLaw", "retrograde", "law_id", "check_decoy", "fit_catalogue_law",
-           "catalogue_law", "law_needs_fit", "clear_catalogue_law"]
+           "catalogue_law", "law_summary", "law_needs_fit", "clear_catalogue_law"]
 
 NULL_LAW_FORMAT = 1
 #: fewest works (decoys) a law is fitted on: with fewer, the few smallest decoy E-values that
@@ -214,6 +214,11 @@ def catalogue_law(catalogue: Any) -> CatalogueLaw | None:
             or info.get("encoder") != catalogue.encoder.fingerprint or not math.isfinite(factor) or factor < 1.0):
         return None
     return CatalogueLaw(factor, info)
+
+
+def law_summary(law: CatalogueLaw | None) -> dict[str, Any]:
+    """What reports, the API and the CLI say of the law in force: the catalogue's, or the shipped one."""
+    return law.public() if law is not None else {"source": "shipped", "factor": 1.0}
 
 
 def law_needs_fit(catalogue: Any, *, growth: float = 2.0) -> bool:

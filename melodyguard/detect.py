@@ -70,7 +70,7 @@ from .align import (
     prepare_notes,
 )
 from .config import DEFAULT_MIN_NOTES
-from .decoys import catalogue_law
+from .decoys import catalogue_law, law_summary
 from .errors import InvalidInputError, MelodyTooShortError
 from .fingerprint.melody import Melody, collapse_repeats
 from .fingerprint.windows import (
@@ -452,7 +452,7 @@ def check_melody(
         "thresholds": {"review_evalue": config.review_evalue, "block_evalue": config.block_evalue},
         "catalogue": {"works": n_works, "notes": N, "encoder": enc.fingerprint, "index": index.manifest.kind,
                       "calibrated": not cal.info.get("uncalibrated", False),
-                      "law": fitted.public() if fitted is not None else {"source": "shipped", "factor": 1.0}},
+                      "law": law_summary(fitted)},
         "matches": matches,
         "timing_ms": {
             "embed": round(1000 * (t_embed - t0), 2),

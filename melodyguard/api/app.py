@@ -39,7 +39,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import cap_native_threads
-from ..decoys import MIN_DECOY_WORKS, catalogue_law, clear_catalogue_law, fit_catalogue_law
+from ..decoys import (
+    MIN_DECOY_WORKS,
+    catalogue_law,
+    clear_catalogue_law,
+    fit_catalogue_law,
+    law_summary,
+)
 from ..errors import (
     ArtifactError,
     CatalogueError,
@@ -251,7 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           "fingerprint_dim": cat.encoder.dim,
                           "sha256": man.get("sha256")},
                 "encoder": cat.encoder.fingerprint, "index": idx.manifest.to_dict(), "works": cat.count(),
-                "law": law.public() if law else {"source": "shipped", "factor": 1.0}}
+                "law": law_summary(law)}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}}})
@@ -340,11 +346,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/catalogue/law", summary="The chance law the catalogue's E-values are under",
              responses=_errors(*_AUTH_ERRORS))
     def get_law(request: Request, who: Anyone) -> dict[str, Any]:
-        law = catalogue_law(request.app.state.catalogue)
-        return law.public() if law else {"source": "shipped", "factor": 1.0}
+        return law_summary(catalogue_law(request.app.state.catalogue))
 
     @app.post("/v1/catalogue/law", summary="Fit the catalogue's own chance law on its works played backwards "
-              "(admin; one check per decoy, about 15-45 s)", responses=_errors(*_AUTH_ERRORS, 409, 422))
+              "(admin; two checks per decoy, about 40-120 s)", responses=_errors(*_AUTH_ERRORS, 409, 422))
     def post_law(
         request: Request,
         who: Admin,
