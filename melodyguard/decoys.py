@@ -21,8 +21,9 @@ The law is stored in the catalogue's SQLite ``meta`` table (name ``null_law``, v
 what it was fitted under: the shipped law's id, the encoder, the review threshold, the number
 of works. ``melodyguard add`` fits it when a catalogue reaches :data:`MIN_DECOY_WORKS` works
 and again whenever the catalogue has doubled or halved since (:func:`law_needs_fit`; ``add
---no-calibrate`` skips it, ``melodyguard calibrate`` fits it on demand). :func:`catalogue_law` returns it only while the shipped law and encoder are the same
-ones; reports say which law was used (``catalogue.law``).
+--no-calibrate`` skips it, ``melodyguard calibrate`` fits it on demand; the HTTP API refits it
+in a background thread by the same rule). :func:`catalogue_law` returns it only while the
+shipped law and encoder are the same ones; reports say which law was used (``catalogue.law``).
 """
 
 from __future__ import annotations

@@ -433,3 +433,84 @@ def test_catalogue_law_endpoints(api_env, shipped_encoder):
         assert c.delete("/v1/catalogue/law", headers=H(keys["acme"])).status_code == 403
         assert c.delete("/v1/catalogue/law", headers=H(keys["admin"])).json() == {"cleared": True}
         assert c.get("/v1/catalogue/law", headers=H(keys["admin"])).json() == shipped
+
+
+def _wait_refit(c, key, timeout=120.0):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        law = c.get("/v1/catalogue/law", headers=H(key)).json()
+        if "refitting" not in law:
+            return law
+        assert 0 <= law["refitting"]["done"] <= law["refitting"]["total"] <= 600
+        time.sleep(0.2)
+    raise AssertionError("the background refit did not finish")
+
+
+def test_registering_over_http_refits_the_law(api_env, shipped_encoder):
+    """The 100th work registered over HTTP starts a background fit of the catalogue's law (as
+    ``melodyguard add`` does); the next registration does not refit; admins cannot start a
+    second fit while one runs; ``auto_law=False`` keeps the shipped law."""
+    path, mels, keys = api_env
+    cat = Catalogue(path, encoder=shipped_encoder)
+    more = make_catalogue_melodies(np.random.default_rng(6), 95, 40)
+    cat.add_melodies([{"melody": m, "sha256": f"more{i}", "title": f"more {i}"} for i, m in enumerate(more[:93])])
+    cat.close()  # 99 works
+    extra = make_catalogue_melodies(np.random.default_rng(7), 3, 40)
+    with _client(path, auto_law=False) as c:
+        r = c.post("/v1/works", headers=H(keys["admin"]), files={"file": ("x0.mid", _midi(extra[0]), "audio/midi")})
+        assert r.status_code == 201, r.text
+        assert c.get("/v1/catalogue/law", headers=H(keys["admin"])).json() == {"source": "shipped", "factor": 1.0}
+    with _client(path) as c:
+        r = c.post("/v1/works", headers=H(keys["admin"]), files={"file": ("x1.mid", _midi(extra[1]), "audio/midi")})
+        assert r.status_code == 201, r.text
+        refitter = c.app.state.refitter
+        if refitter.running:  # it may already have finished on a fast machine
+            r = c.post("/v1/catalogue/law", headers=H(keys["admin"]))
+            assert r.status_code in (200, 409)
+            if r.status_code == 409:
+                assert "being refitted" in r.json()["detail"]
+        law = _wait_refit(c, keys["screener"])
+        assert refitter.last_error is None and refitter.fits == 1
+        assert law["source"] == "catalogue decoys" and law["fitted_works"] == 101 and law["factor"] >= 1.0
+        assert c.get("/readyz").json()["law"]["fitted_at"] == law["fitted_at"]
+        r = c.post("/v1/works", headers=H(keys["admin"]), files={"file": ("x2.mid", _midi(extra[2]), "audio/midi")})
+        assert r.status_code == 201 and not refitter.running and refitter.fits == 1  # 102 < 2 x 101
+        assert _wait_refit(c, keys["screener"])["fitted_at"] == law["fitted_at"]
+
+
+def test_law_refitter_runs_one_fit_and_stops_cleanly():
+    """The refitter starts a fit only when one is needed and none runs, reports its progress,
+    records a failed fit for the next change to retry, and abandons a fit when stopped."""
+    import threading
+
+    from melodyguard.api.jobs import LawRefitter
+
+    gate, calls = threading.Event(), []
+
+    def slow_fit(cat, *, progress):
+        calls.append(cat)
+        for i in range(1000):
+            progress(i, 1000)
+            gate.wait(0.01)
+
+    needs = {"yes": False}
+    r = LawRefitter("cat", slow_fit, lambda c: needs["yes"])
+    assert r.poke() is False and r.status() is None  # not needed
+    needs["yes"] = True
+    assert r.poke() is True and r.poke() is False  # one at a time
+    t0 = time.monotonic()
+    while r.status() is None or r.status()["total"] == 0:
+        assert time.monotonic() - t0 < 10
+        time.sleep(0.01)
+    assert r.status()["total"] == 1000 and calls == ["cat"]
+    r.stop(timeout=5)
+    assert not r.running and r.status() is None and r.fits == 0 and r.last_error is None
+    assert r.poke() is False  # a stopped refitter starts nothing
+
+    def broken_fit(cat, *, progress):
+        raise RuntimeError("work 7 was deleted")
+
+    r = LawRefitter("cat", broken_fit, lambda c: True)
+    assert r.poke() is True
+    r._thread.join(5)
+    assert r.fits == 0 and r.last_error == "RuntimeError: work 7 was deleted"

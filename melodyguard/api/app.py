@@ -1,7 +1,8 @@
 """The HTTP API: a thin FastAPI layer over the library.
 
 ``create_app(settings)`` loads the encoder and opens the catalogue once, in ``lifespan``, and
-starts the audit-job worker thread. Library errors map to 4xx responses with a ``detail`` that
+starts the audit-job worker thread; registrations and deletions may start a background refit of
+the catalogue's chance law (``LawRefitter``, ``Settings.auto_law``). Library errors map to 4xx responses with a ``detail`` that
 says what to fix; CPU-bound work runs in a thread pool, off the event loop.
 
 Catalogue writes are serialised (one lock per process, SQLite's write lock across processes);
@@ -44,6 +45,7 @@ from ..decoys import (
     catalogue_law,
     clear_catalogue_law,
     fit_catalogue_law,
+    law_needs_fit,
     law_summary,
 )
 from ..errors import (
@@ -60,7 +62,7 @@ from ..errors import (
 from ..fingerprint import sniff_format
 from ..index import require_works
 from ..schema import Report
-from .jobs import JobStore, JobWorker, results_csv
+from .jobs import JobStore, JobWorker, LawRefitter, results_csv
 from .keys import KeyStore, Principal
 from .limits import BodyLimitMiddleware, RateLimiter, read_zip
 from .metrics import Metrics, MetricsMiddleware
@@ -184,7 +186,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.run_audit_worker:
             worker = JobWorker(jobs, lambda path, name, job: capped(_audit_check, cat, path, name, job))
             worker.start()
+        app.state.refitter = LawRefitter(
+            cat, lambda c, progress: capped(fit_catalogue_law, c, progress=progress),
+            law_needs_fit if settings.auto_law else lambda c: False)
         yield
+        await run_in_threadpool(app.state.refitter.stop)
         if worker is not None:
             await run_in_threadpool(worker.stop)
         cat.close()
@@ -242,6 +248,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def _law_now(app: FastAPI) -> dict[str, Any]:
+        """The law in force, and the background refit under way if there is one."""
+        out = law_summary(catalogue_law(app.state.catalogue))
+        refit = app.state.refitter.status()
+        return out if refit is None else {**out, "refitting": refit}
+
     @app.get("/readyz", summary="Readiness: model and index loaded, with their versions",
              responses={503: {"model": ErrorBody, "description": "not loaded yet"}})
     async def readyz(request: Request) -> dict[str, Any]:
@@ -249,7 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if cat is None:
             raise HTTPException(503, detail="model and index are not loaded yet")
         idx, _ = await run_in_threadpool(cat.index)
-        law = await run_in_threadpool(catalogue_law, cat)
+        law = await run_in_threadpool(_law_now, request.app)
         man = cat.encoder.manifest
         return {"status": "ready", "version": __version__,
                 "model": {"fingerprint": cat.encoder.fingerprint, "preset": man.get("preset"),
@@ -257,7 +269,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           "fingerprint_dim": cat.encoder.dim,
                           "sha256": man.get("sha256")},
                 "encoder": cat.encoder.fingerprint, "index": idx.manifest.to_dict(), "works": cat.count(),
-                "law": law_summary(law)}
+                "law": law}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {}}}})
@@ -305,6 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             capped, cat.add, data, title=title if title is not None else _stem(file), owner=owner or "",
             external_id=external_id or None, metadata=meta, private=private, filename=_name(file),
         )
+        await run_in_threadpool(request.app.state.refitter.poke)
         out: dict[str, Any] = work.to_dict()
         return out
 
@@ -340,13 +353,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def delete_work(request: Request, who: Writer, work_id: WorkId) -> dict[str, Any]:
         _own_work(request, who, work_id)
         work = request.app.state.catalogue.remove(work_id)
+        request.app.state.refitter.poke()
         return {"deleted": work.to_dict()}
 
     # ------------------------------------------------------------------ the catalogue's chance law
     @app.get("/v1/catalogue/law", summary="The chance law the catalogue's E-values are under",
              responses=_errors(*_AUTH_ERRORS))
     def get_law(request: Request, who: Anyone) -> dict[str, Any]:
-        return law_summary(catalogue_law(request.app.state.catalogue))
+        return _law_now(request.app)
 
     @app.post("/v1/catalogue/law", summary="Fit the catalogue's own chance law on its works played backwards "
               "(admin; two checks per decoy, about 40-120 s)", responses=_errors(*_AUTH_ERRORS, 409, 422))
@@ -357,6 +371,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         target: Annotated[float, Query(gt=0, lt=0.5, description="share of decoys review may flag")] = 0.005,
         seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
     ) -> dict[str, Any]:
+        refit = request.app.state.refitter.status()
+        if refit is not None:
+            raise HTTPException(409, detail=f"the law is being refitted after new registrations ({refit['done']} of "
+                                            f"{refit['total']} decoys checked); try again when GET /v1/catalogue/law "
+                                            "no longer shows 'refitting'")
         law = capped(fit_catalogue_law, request.app.state.catalogue, decoys=decoys, target=target, seed=seed)
         return {**law.public(), "flagged_before": law.info["flagged_before"], "flagged_after": law.info["flagged_after"]}
 

@@ -27,7 +27,7 @@ from typing import Any
 from .._sqlite import ThreadConnections
 from ..errors import InvalidInputError, MelodyGuardError
 
-__all__ = ["JobStore", "JobWorker", "results_csv"]
+__all__ = ["JobStore", "JobWorker", "LawRefitter", "results_csv"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_jobs (
@@ -216,3 +216,69 @@ class JobWorker:
                 rep = {"verdict": "error", "error": f"unexpected {type(exc).__name__}: {exc}"}
             self.store.save_result(job["id"], idx, rep)
         self.store.release(job["id"])  # stopping: another process (or the restart) resumes it
+
+
+class _Stopped(Exception):
+    """Raised from a fit's progress callback to abandon it when the server stops."""
+
+
+class LawRefitter:
+    """Refits the catalogue's chance law in a background thread after registrations and
+    deletions, when :func:`~melodyguard.decoys.law_needs_fit` says so (at 100 works, then each
+    time the catalogue doubles or halves): the rule ``melodyguard add`` follows. One fit at a
+    time per process; checks go on under the law in force until the new one is stored. A fit
+    that fails (e.g. a work deleted under it) is recorded and tried again on the next change."""
+
+    def __init__(self, catalogue: Any, fit: Callable[..., Any], needs_fit: Callable[[Any], bool]) -> None:
+        self.catalogue = catalogue
+        self._fit = fit
+        self._needs_fit = needs_fit
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.progress: tuple[int, int] | None = None
+        self.last_error: str | None = None
+        self.fits = 0
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def poke(self) -> bool:
+        """Start a fit if none is running and the catalogue needs one; True if one started."""
+        with self._lock:
+            if self._stop.is_set() or self.running or not self._needs_fit(self.catalogue):
+                return False
+            self.progress = (0, 0)
+            self._thread = threading.Thread(target=self._run, name="melodyguard-law", daemon=True)
+            self._thread.start()
+            return True
+
+    def status(self) -> dict[str, Any] | None:
+        """``{"done", "total"}`` of the fit under way, or None."""
+        p = self.progress if self.running else None
+        return None if p is None else {"done": p[0], "total": p[1]}
+
+    def _progress(self, done: int, total: int) -> None:
+        if self._stop.is_set():
+            raise _Stopped
+        self.progress = (done, total)
+
+    def _run(self) -> None:
+        try:
+            self._fit(self.catalogue, progress=self._progress)
+            self.fits += 1
+            self.last_error = None
+        except _Stopped:
+            pass
+        except Exception as exc:  # a failed refit leaves the law in force; the next change retries
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.progress = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Abandon a fit under way (nothing is stored) and wait for its thread."""
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=60, gt=0)
     #: run queued audit jobs in this process (a background thread)
     run_audit_worker: bool = True
+    #: refit the catalogue's chance law in a background thread after registrations and deletions
+    #: (at 100 works, then whenever the catalogue doubles or halves), as ``melodyguard add`` does
+    auto_law: bool = True
     #: threads each native call (torch, faiss) may use in a server process; requests already run
     #: concurrently, so more than one makes their thread teams fight over the cores
     threads: int = Field(default=1, ge=1)
