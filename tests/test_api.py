@@ -427,6 +427,7 @@ def test_catalogue_law_endpoints(api_env, shipped_encoder):
         law = r.json()
         assert law["source"] == "catalogue decoys" and law["decoys"] == 100 and law["fitted_works"] == 106
         assert law["factor"] >= 1.0 and 0.0 <= law["flagged_after"] <= law["flagged_before"]
+        assert law["factor"] == pytest.approx(max(law["factor_empirical"], law["factor_tail_fit"] or 1.0), rel=1e-3)
         assert c.get("/v1/catalogue/law", headers=H(keys["acme"])).json()["fitted_at"] == law["fitted_at"]
         rep = c.post("/v1/checks", headers=H(keys["screener"]), files={"file": ("q.mid", _midi(mels[1]), "audio/midi")})
         assert rep.json()["catalogue"]["law"]["source"] == "catalogue decoys"

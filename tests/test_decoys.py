@@ -13,6 +13,7 @@ from melodyguard.cli import EXIT_ERROR, EXIT_OK, main
 from melodyguard.decoys import (
     MIN_DECOY_WORKS,
     _factor,
+    _tail_fit,
     catalogue_law,
     check_decoy,
     clear_catalogue_law,
@@ -86,6 +87,42 @@ def test_factor_leaves_at_most_the_target_flagged():
     assert _factor(e2, review_evalue=1e-4, target=0.1) == pytest.approx(1e-4 / 5e-7)
 
 
+def _power_law_decoys(seed: int, *, c: float, b: float, n: int = 600) -> np.ndarray:
+    """Decoy E-values with P(E <= t) = c * t**b: a shipped law whose scale is off by b."""
+    return (np.random.default_rng(seed).uniform(size=n) / c) ** (1.0 / b)
+
+
+def test_tail_fit_recovers_a_power_law_and_steadies_the_factor():
+    # Exact power-law decoys: the fitted slope is b, and the factor lands near the true one.
+    c, b = 1.0, 0.4
+    true = 1e-4 / (0.005 / c) ** (1.0 / b)  # where c * E**b reaches 0.5 %
+    e = _power_law_decoys(0, c=c, b=b, n=20_000)
+    f, slope = _tail_fit(e, review_evalue=1e-4, target=0.005)
+    assert slope == pytest.approx(b, rel=0.1) and f == pytest.approx(true, rel=0.5)
+
+    # With 600 decoys the law's flagged share stays nearer the target with the larger of the
+    # two factors than with the empirical one alone (the rate each factor really gives is
+    # c * (review / factor)**b).
+    def rate(f: float) -> float:
+        return min(1.0, c * (1e-4 / f) ** b)
+
+    emp, both = [], []
+    for seed in range(200):
+        d = _power_law_decoys(seed, c=c, b=b)
+        fe = _factor(d, review_evalue=1e-4, target=0.005)
+        ft = _tail_fit(d, review_evalue=1e-4, target=0.005)
+        assert ft is not None
+        emp.append(rate(fe))
+        both.append(rate(max(fe, ft[0])))
+    assert np.mean(np.asarray(both) > 0.01) < np.mean(np.asarray(emp) > 0.01)
+    assert abs(np.mean(both) - 0.005) < 0.001
+
+    # A calibrated law (P(E <= t) = t) needs no correction; too few small E-values: no fit.
+    assert _tail_fit(_power_law_decoys(1, c=1.0, b=1.0), review_evalue=1e-4, target=0.005)[0] == 1.0
+    assert _tail_fit(np.full(600, 0.5), review_evalue=1e-4, target=0.005) is None
+    assert _tail_fit(np.r_[np.full(20, 1e-6), np.full(580, 2.0)], review_evalue=1e-4, target=0.005) is None
+
+
 def test_fitted_law_is_stored_and_multiplies_every_evalue(stock_catalogue, shipped_encoder, tmp_path):
     cat = Catalogue(stock_catalogue, encoder=shipped_encoder)
     clear_catalogue_law(cat)
@@ -95,6 +132,8 @@ def test_fitted_law_is_stored_and_multiplies_every_evalue(stock_catalogue, shipp
     assert info["decoys"] == MIN_DECOY_WORKS and info["works"] == 120
     assert info["flagged_before"] > 0.05, info
     assert law.factor > 1.0 and info["flagged_after"] <= 0.01
+    assert law.factor == max(info["factor_empirical"], info["factor_tail_fit"] or 1.0)
+    assert info["format"] == 2
     cat.close()
     # Stored in the SQLite file: another process (a new Catalogue) sees it.
     cat2 = Catalogue(stock_catalogue, encoder=shipped_encoder)
@@ -211,6 +250,10 @@ def test_law_is_fitted_again_when_the_catalogue_doubles_or_halves(stock_catalogu
     for works, stale in ((60, True), (61, False), (239, False), (240, True)):
         cat.set_meta("null_law", json.dumps({**law.info, "works": works}))
         assert law_needs_fit(cat) is stale, works
+    # A law of the previous format stays in force (it is never stricter) but is fitted again.
+    cat.set_meta("null_law", json.dumps({**law.info, "format": 1}))
+    old = catalogue_law(cat)
+    assert old is not None and old.factor == pytest.approx(law.factor) and law_needs_fit(cat)
     clear_catalogue_law(cat)
     cat.close()
 

@@ -377,7 +377,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             f"{refit['total']} decoys checked); try again when GET /v1/catalogue/law "
                                             "no longer shows 'refitting'")
         law = capped(fit_catalogue_law, request.app.state.catalogue, decoys=decoys, target=target, seed=seed)
-        return {**law.public(), "flagged_before": law.info["flagged_before"], "flagged_after": law.info["flagged_after"]}
+        return {**law.public(), **{k: law.info[k] for k in ("flagged_before", "flagged_after", "factor_empirical",
+                                                           "factor_tail_fit", "tail_slope")}}
 
     @app.delete("/v1/catalogue/law", summary="Forget the catalogue's own law (admin): the shipped one is used",
                 responses=_errors(*_AUTH_ERRORS))
