@@ -503,7 +503,8 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
         if law == "catalogue":
             fitted = fit_catalogue_law(cat, decoys=law_decoys, seed=seed)
             factor = fitted.factor
-            res["catalogue_law"] = {k: fitted.info[k] for k in ("factor", "decoys", "target", "flagged_before",
+            res["catalogue_law"] = {k: fitted.info[k] for k in ("factor", "factor_empirical", "factor_tail_fit",
+                                                                 "tail_slope", "decoys", "target", "flagged_before",
                                                                  "flagged_after", "blocked_before", "seconds")}
         sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
         wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
