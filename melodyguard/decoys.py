@@ -16,8 +16,8 @@ of two estimates of where ``target`` of the decoys reach the review threshold: t
 one (the smallest factor that leaves at most ``target`` of them flagged, the boundary midway,
 in log scale, between the last decoy allowed and the first not) and a power law fitted to the
 decoys' lower tail (:func:`_tail_fit`), which is steadier because the empirical one rests on
-the three or four smallest E-values of 600. The factor only ever makes verdicts stricter, and as it multiplies every E-value of the
-catalogue alike, the ranking of matches is unchanged.
+the three or four smallest E-values of 600. The factor only ever makes verdicts stricter, and
+as it multiplies every E-value of the catalogue alike, the ranking of matches is unchanged.
 
 The law is stored in the catalogue's SQLite ``meta`` table (name ``null_law``, versioned) with
 what it was fitted under: the shipped law's id, the encoder, the review threshold, the number
@@ -144,8 +144,8 @@ def _tail_fit(evalues: np.ndarray, *, review_evalue: float, target: float) -> tu
     b, a = (float(v) for v in np.polyfit(x, y, 1))
     if not b > 0:
         return None
-    e_star = 10.0 ** ((math.log10(target) - a) / b)
-    return max(1.0, review_evalue / max(e_star, 1e-300)), b
+    log_e_star = (math.log10(target) - a) / b  # where the line reaches the target
+    return 10.0 ** min(max(math.log10(review_evalue) - log_e_star, 0.0), 300.0), b
 
 
 def check_decoy(melody: Melody, catalogue: Any, *, source: int | None = None, config: Any = None,

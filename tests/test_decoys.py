@@ -121,6 +121,10 @@ def test_tail_fit_recovers_a_power_law_and_steadies_the_factor():
     assert _tail_fit(_power_law_decoys(1, c=1.0, b=1.0), review_evalue=1e-4, target=0.005)[0] == 1.0
     assert _tail_fit(np.full(600, 0.5), review_evalue=1e-4, target=0.005) is None
     assert _tail_fit(np.r_[np.full(20, 1e-6), np.full(580, 2.0)], review_evalue=1e-4, target=0.005) is None
+    # An extreme tail gives a huge but finite factor (the factor is clamped, never overflows).
+    flat = 10.0 ** np.r_[np.linspace(-300, -299, 60), np.full(540, 2.0)]
+    f_flat = _tail_fit(flat, review_evalue=1e-4, target=0.005)
+    assert f_flat is not None and math.isfinite(f_flat[0]) and f_flat[0] >= 1.0
 
 
 def test_fitted_law_is_stored_and_multiplies_every_evalue(stock_catalogue, shipped_encoder, tmp_path):

@@ -1,9 +1,10 @@
 """The HTTP API: a thin FastAPI layer over the library.
 
 ``create_app(settings)`` loads the encoder and opens the catalogue once, in ``lifespan``, and
-starts the audit-job worker thread; registrations and deletions may start a background refit of
-the catalogue's chance law (``LawRefitter``, ``Settings.auto_law``). Library errors map to 4xx responses with a ``detail`` that
-says what to fix; CPU-bound work runs in a thread pool, off the event loop.
+starts the audit-job worker thread; registrations and deletions may start a background refit
+of the catalogue's chance law (``LawRefitter``, ``Settings.auto_law``). Library errors map to
+4xx responses with a ``detail`` that says what to fix; CPU-bound work runs in a thread pool,
+off the event loop.
 
 Catalogue writes are serialised (one lock per process, SQLite's write lock across processes);
 reads run concurrently. Every check compares the catalogue's generation counter with the index
