@@ -169,6 +169,10 @@ command("add", "register works (files or a CSV manifest) in the catalogue")(_cmd
 # --------------------------------------------------------------------------- remove / list
 def _setup_remove(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", type=int)
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not refit the catalogue's chance law (done when the catalogue has halved since it "
+                        "was fitted, as `add` does when it has doubled)")
+    p.add_argument("--quiet", action="store_true")
     _catalogue_arg(p)
 
 
@@ -176,7 +180,8 @@ def _cmd_remove(a: argparse.Namespace) -> int:
     cat = open_catalogue(a)
     w = cat.remove(a.id)
     cat.index()
-    print(json.dumps({"removed": w.id, "title": w.title}))
+    law = refresh_law(cat, quiet=a.quiet, skip=a.no_calibrate)
+    print(json.dumps({"removed": w.id, "title": w.title, "works": cat.count(), "law": law}))
     return EXIT_OK
 
 

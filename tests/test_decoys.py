@@ -222,7 +222,7 @@ def test_calibrate_command(stock_catalogue, capsys):
     assert json.loads(capsys.readouterr().out) == {"cleared": True}
 
 
-def test_add_fits_the_law_when_the_catalogue_reaches_100_works(tmp_path, capsys):
+def test_add_fits_the_law_when_the_catalogue_reaches_100_works(tmp_path, capsys, shipped_encoder):
     rng = np.random.default_rng(11)
     folder = tmp_path / "in"
     folder.mkdir()
@@ -243,6 +243,27 @@ def test_add_fits_the_law_when_the_catalogue_reaches_100_works(tmp_path, capsys)
     assert second["law"]["decoys"] == MIN_DECOY_WORKS + 1 and second["law"]["factor"] >= 1.0
     third = add(str(files[MIN_DECOY_WORKS + 1]))  # fitted on 101 works; 102 is not double: kept
     assert third["law"]["fitted_now"] is False and third["law"]["fitted_at"] == second["law"]["fitted_at"]
+
+    # `remove` refits when the catalogue has halved since the fit (here: a law said to be
+    # fitted on 204 works), unless told not to.
+    def pretend_fitted_on(works: int) -> int:
+        cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+        info = json.loads(cat.get_meta("null_law"))
+        cat.set_meta("null_law", json.dumps({**info, "works": works}))
+        first_id = cat.works()[0].id
+        cat.close()
+        return first_id
+
+    wid = pretend_fitted_on(204)
+    assert main(["remove", str(wid), "--no-calibrate", *base]) == EXIT_OK
+    kept = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert kept["works"] == MIN_DECOY_WORKS + 1 and kept["law"]["fitted_now"] is False
+    assert kept["law"]["fitted_works"] == 204
+    wid = pretend_fitted_on(202)
+    assert main(["remove", str(wid), *base]) == EXIT_OK
+    refit = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert refit["works"] == MIN_DECOY_WORKS and refit["law"]["fitted_now"] is True
+    assert refit["law"]["fitted_works"] == MIN_DECOY_WORKS and refit["law"]["decoys"] == MIN_DECOY_WORKS
 
 
 def test_law_is_fitted_again_when_the_catalogue_doubles_or_halves(stock_catalogue, shipped_encoder):
