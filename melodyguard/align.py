@@ -593,19 +593,28 @@ def pedal_factors(pitch: np.ndarray, *, floor: float) -> np.ndarray:
     played backwards are still pedal passages: long chance matches. The factor is 1 up to
     ``PEDAL_LOW`` returns in the note's window of ``PEDAL_WINDOW``, falling linearly to
     ``floor`` at ``PEDAL_HIGH``."""
-    p = np.asarray(pitch, dtype=np.int64)
-    f = np.ones(p.size)
+    p = np.ascontiguousarray(pitch, dtype=np.int64)
     if p.size < 3 or floor >= 1.0:
-        return f
-    ret = np.zeros(p.size)
-    ret[2:] = (p[2:] == p[:-2]) & (p[2:] != p[1:-1])
-    c = np.r_[0.0, np.cumsum(ret)]
-    idx = np.arange(p.size)
-    lo = np.maximum(idx - PEDAL_WINDOW // 2, 0)
-    hi = np.minimum(idx + PEDAL_WINDOW - PEDAL_WINDOW // 2, p.size)  # the window [lo, hi) around the note
-    share = (c[hi] - c[lo]) / (hi - lo)
-    x = np.clip((share - PEDAL_LOW) / (PEDAL_HIGH - PEDAL_LOW), 0.0, 1.0)
-    return 1.0 - x * (1.0 - floor)
+        return np.ones(p.size)
+    # One compiled pass (every candidate a check meets for the first time is weighted here).
+    return _pedal_kernel(p, float(floor), PEDAL_WINDOW, PEDAL_LOW, PEDAL_HIGH)
+
+
+@njit(cache=True)
+def _pedal_kernel(p, floor, window, low, high):  # pragma: no cover - numba
+    n = p.shape[0]
+    c = np.zeros(n + 1)  # c[i]: returns among the first i notes
+    for i in range(n):
+        r = 1.0 if i >= 2 and p[i] == p[i - 2] and p[i] != p[i - 1] else 0.0
+        c[i + 1] = c[i] + r
+    f = np.empty(n)
+    for i in range(n):
+        lo = max(i - window // 2, 0)
+        hi = min(i + window - window // 2, n)  # the window [lo, hi) around the note
+        x = ((c[hi] - c[lo]) / (hi - lo) - low) / (high - low)
+        x = min(max(x, 0.0), 1.0)
+        f[i] = 1.0 - x * (1.0 - floor)
+    return f
 
 
 def note_weights(pitch: np.ndarray, ioi: np.ndarray, background: dict | None, *,

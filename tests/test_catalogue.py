@@ -1373,6 +1373,27 @@ def test_pedal_figures_weigh_less_and_other_passages_do_not_change(rng):
     assert np.all(pedal_factors(pedal, floor=1.0) == 1.0)
     walk = np.array([60, 62, 64, 65, 67, 69, 71, 72, 74, 72, 69, 67, 65, 64, 62, 60] * 2)  # no returns
     assert np.all(pedal_factors(walk, floor=0.5) == 1.0)
+
+    # The compiled factors equal the rule written with array operations, bit for bit.
+    from melodyguard.align import PEDAL_HIGH, PEDAL_LOW, PEDAL_WINDOW
+
+    def by_arrays(p, floor):
+        ret = np.zeros(p.size)
+        ret[2:] = (p[2:] == p[:-2]) & (p[2:] != p[1:-1])
+        c = np.r_[0.0, np.cumsum(ret)]
+        idx = np.arange(p.size)
+        lo = np.maximum(idx - PEDAL_WINDOW // 2, 0)
+        hi = np.minimum(idx + PEDAL_WINDOW - PEDAL_WINDOW // 2, p.size)
+        x = np.clip(((c[hi] - c[lo]) / (hi - lo) - PEDAL_LOW) / (PEDAL_HIGH - PEDAL_LOW), 0.0, 1.0)
+        return 1.0 - x * (1.0 - floor)
+
+    g = np.random.default_rng(3)
+    for n in (3, 5, 12, 13, 40, 300):
+        for floor in (0.0, 0.3, 0.5):
+            p = g.integers(60, 64, n)  # four pitches: returns everywhere, in every density
+            assert np.array_equal(pedal_factors(p, floor=floor), by_arrays(p, floor)), (n, floor)
+    assert np.array_equal(pedal_factors(pedal, floor=0.5), by_arrays(pedal, 0.5))
+    assert pedal_factors(np.array([60, 62]), floor=0.5).tolist() == [1.0, 1.0]
     bg = load_calibration().info["background"]
     off = dataclasses.replace(DEFAULT_SCORING, pedal_floor=1.0)
 
