@@ -73,7 +73,8 @@ def refresh_law(cat: Any, *, quiet: bool, skip: bool = False) -> dict[str, Any]:
         bar.close()
         fitted_now = True
     law = catalogue_law(cat)
-    return law_summary(law) if law is None else {**law_summary(law), "fitted_now": fitted_now}
+    out = law_summary(law)
+    return out if law is None else {**out, "fitted_now": fitted_now}
 
 
 def _add_from_corpus(a: argparse.Namespace) -> int:

@@ -22,9 +22,9 @@ as it multiplies every E-value of the catalogue alike, the ranking of matches is
 The law is stored in the catalogue's SQLite ``meta`` table (name ``null_law``, versioned) with
 what it was fitted under: the shipped law's id, the encoder, the review threshold, the number
 of works. ``melodyguard add`` fits it when a catalogue reaches :data:`MIN_DECOY_WORKS` works
-and again whenever the catalogue has doubled or halved since (:func:`law_needs_fit`; ``add
---no-calibrate`` skips it, ``melodyguard calibrate`` fits it on demand; the HTTP API refits it
-in a background thread by the same rule). :func:`catalogue_law` returns it only while the
+and again whenever the catalogue has doubled since, ``melodyguard remove`` when it has halved
+(:func:`law_needs_fit`; ``--no-calibrate`` skips it, ``melodyguard calibrate`` fits it on
+demand; the HTTP API refits it in a background thread by the same rule). :func:`catalogue_law` returns it only while the
 shipped law and encoder are the same ones; reports say which law was used (``catalogue.law``).
 """
 
@@ -271,7 +271,7 @@ def law_summary(law: CatalogueLaw | None) -> dict[str, Any]:
 def law_needs_fit(catalogue: Any, *, growth: float = 2.0) -> bool:
     """True when the catalogue is large enough for a law of its own (:data:`MIN_DECOY_WORKS`
     works) and has no usable one, one of an older format, or has grown or shrunk by ``growth``
-    times since it was fitted (``melodyguard add`` then fits it again)."""
+    times since it was fitted (``melodyguard add`` and ``remove`` then fit it again)."""
     n = catalogue.count()
     if n < MIN_DECOY_WORKS:
         return False
