@@ -27,6 +27,7 @@ from .errors import (
     IndexVersionError,
     InputTooLargeError,
     InvalidInputError,
+    LawFitBusyError,
     MelodyGuardError,
     MelodyTooShortError,
     ModelVersionError,
@@ -89,5 +90,6 @@ __all__ = [
     "DuplicateWorkError",
     "WorkNotFoundError",
     "EmptyCatalogueError",
+    "LawFitBusyError",
     "ConfigError",
 ]

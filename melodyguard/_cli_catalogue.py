@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import EXIT_BLOCK, EXIT_ERROR, EXIT_OK, EXIT_REVIEW, _json_default, command
-from .errors import DuplicateWorkError, InvalidInputError, MelodyGuardError
+from .errors import DuplicateWorkError, InvalidInputError, LawFitBusyError, MelodyGuardError
 
 
 def _catalogue_arg(p: argparse.ArgumentParser) -> None:
@@ -69,9 +69,14 @@ def refresh_law(cat: Any, *, quiet: bool, skip: bool = False) -> dict[str, Any]:
     fitted_now = False
     if not skip and law_needs_fit(cat):
         bar, progress = progress_bar("calibrate (decoys)", "check", quiet=quiet)
-        fit_catalogue_law(cat, progress=progress)
-        bar.close()
-        fitted_now = True
+        try:
+            fit_catalogue_law(cat, progress=progress)
+            fitted_now = True
+        except LawFitBusyError as exc:  # a server worker or another `add` is fitting it: that law will do
+            if not quiet:
+                print(f"calibrate: skipped: {exc}", file=sys.stderr)
+        finally:
+            bar.close()
     law = catalogue_law(cat)
     out = law_summary(law)
     return out if law is None else {**out, "fitted_now": fitted_now}

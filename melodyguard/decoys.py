@@ -26,6 +26,12 @@ and again whenever the catalogue has doubled since, ``melodyguard remove`` when 
 (:func:`law_needs_fit`; ``--no-calibrate`` skips it, ``melodyguard calibrate`` fits it on
 demand; the HTTP API refits it in a background thread by the same rule). :func:`catalogue_law` returns it only while the
 shipped law and encoder are the same ones; reports say which law was used (``catalogue.law``).
+
+One fit at a time per catalogue: a fit that stores its law holds a lease in the catalogue
+(``law_fit_lease``, renewed as it goes, with its progress; it runs out
+:data:`LEASE_SECONDS` after a process dies), so server workers and ``add`` in other processes
+do not fit it twice at once; they get :class:`~melodyguard.errors.LawFitBusyError` and can read
+the fit's progress with :func:`law_fit_under_way`.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,11 +50,12 @@ from typing import Any
 import numpy as np
 
 from .config import DEFAULT_MIN_NOTES
-from .errors import CatalogueError, InvalidInputError
+from .errors import CatalogueError, InvalidInputError, LawFitBusyError
 from .fingerprint.melody import Melody
 
 __all__ = ["NULL_LAW_FORMAT", "MIN_DECOY_WORKS", "CatalogueLaw", "retrograde", "law_id", "check_decoy", "fit_catalogue_law",
-           "catalogue_law", "law_summary", "law_needs_fit", "clear_catalogue_law"]
+           "catalogue_law", "law_summary", "law_needs_fit", "clear_catalogue_law", "law_fit_under_way",
+           "LEASE_SECONDS"]
 
 #: 2: the factor is the larger of the empirical one and the tail fit's (1: empirical only)
 NULL_LAW_FORMAT = 2
@@ -62,6 +72,11 @@ RELATIVES_CHECKED = 50
 #: at least TAIL_MIN of them, all below 1
 TAIL_SHARE = 0.1
 TAIL_MIN = 30
+#: the lease of a fit that stores its law (see the module doc): it lasts this long after its
+#: last renewal, and is renewed every LEASE_RENEW seconds with the fit's progress
+_LEASE_NAME = "law_fit_lease"
+LEASE_SECONDS = 120.0
+LEASE_RENEW = 5.0
 
 
 @dataclass(frozen=True)
@@ -181,9 +196,11 @@ def fit_catalogue_law(
     25-45 ms each at 10k works).
 
     Raises :class:`~melodyguard.errors.CatalogueError` when the catalogue has fewer than
-    :data:`MIN_DECOY_WORKS` works long enough to judge.
+    :data:`MIN_DECOY_WORKS` works long enough to judge, and
+    :class:`~melodyguard.errors.LawFitBusyError` (with ``save``) when another process is
+    fitting this catalogue's law: one fit at a time holds the catalogue's lease.
     """
-    from .detect import DEFAULT_DETECT, load_calibration
+    from .detect import DEFAULT_DETECT
 
     if isinstance(decoys, bool) or not isinstance(decoys, int) or decoys < MIN_DECOY_WORKS:
         raise InvalidInputError(f"decoys must be an integer >= {MIN_DECOY_WORKS}; got {decoys!r}")
@@ -198,15 +215,77 @@ def fit_catalogue_law(
             f"this catalogue has {len(works)}, so the shipped law is used")
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(works), size=min(decoys, len(works)), replace=False).tolist())
+    lease = _Lease(catalogue, total=len(pick)) if save else None
     evalues, relatives = [], []
-    for i, j in enumerate(pick):
-        w = works[j]
-        rep, rel = check_decoy(catalogue.melody(w.id), catalogue, source=w.id, config=config, law="shipped")
-        relatives.append(len(rel))
-        evalues.append(rep["matches"][0]["score"]["evalue"] if rep["matches"] else math.inf)
-        if progress is not None:
-            progress(i + 1, len(pick))
-    e = np.asarray(evalues, dtype=float)
+    try:
+        for i, j in enumerate(pick):
+            w = works[j]
+            rep, rel = check_decoy(catalogue.melody(w.id), catalogue, source=w.id, config=config, law="shipped")
+            relatives.append(len(rel))
+            evalues.append(rep["matches"][0]["score"]["evalue"] if rep["matches"] else math.inf)
+            if lease is not None:
+                lease.renew(i + 1)
+            if progress is not None:
+                progress(i + 1, len(pick))
+        e = np.asarray(evalues, dtype=float)
+        law = _fitted(catalogue, e, relatives, config=config, target=target, seed=seed, t0=t0)
+        if lease is not None:
+            lease.renew(len(pick), force=True)  # still ours: no other fit took over while this one stalled
+            catalogue.set_meta(_META_NAME, json.dumps(law.info, sort_keys=True))
+    finally:
+        if lease is not None:
+            lease.release()
+    return law
+
+
+class _Lease:
+    """The lease of one fit on one catalogue (see the module doc). Catalogues without leases
+    (stand-ins in tests) are not locked."""
+
+    def __init__(self, catalogue: Any, *, total: int) -> None:
+        self._claim = getattr(catalogue, "claim_lease", None)
+        self._release = getattr(catalogue, "release_lease", None)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.total = total
+        self._renewed = -math.inf
+        self.renew(0, force=True)
+
+    def renew(self, done: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._claim is None or (not force and now - self._renewed < LEASE_RENEW):
+            return
+        other = self._claim(_LEASE_NAME, self.holder, seconds=LEASE_SECONDS, note={"done": done, "total": self.total})
+        if other is not None:
+            self._claim = None  # not ours: nothing to release
+            note = other.get("note") or {}
+            raise LawFitBusyError(
+                f"another process is fitting this catalogue's chance law (pid {other.get('pid')} on "
+                f"{other.get('host')}, {note.get('done', '?')} of {note.get('total', '?')} decoys checked); "
+                "its law is stored when it finishes", holder=other)
+        self._renewed = now
+
+    def release(self) -> None:
+        if self._claim is not None and self._release is not None:
+            self._release(_LEASE_NAME, self.holder)
+
+
+def law_fit_under_way(catalogue: Any) -> dict[str, Any] | None:
+    """The fit of this catalogue's law under way in any process: ``{"done", "total", "pid",
+    "host"}`` as of its last renewal (every few seconds), or None."""
+    read = getattr(catalogue, "lease", None)
+    held = read(_LEASE_NAME) if read is not None else None
+    if held is None:
+        return None
+    note = held.get("note") or {}
+    return {"done": int(note.get("done", 0)), "total": int(note.get("total", 0)),
+            "pid": held.get("pid"), "host": held.get("host")}
+
+
+def _fitted(catalogue: Any, e: np.ndarray, relatives: list[int], *, config: Any, target: float, seed: int,
+            t0: float) -> CatalogueLaw:
+    """The law of the decoy E-values ``e`` (see :func:`fit_catalogue_law`)."""
+    from .detect import load_calibration
+
     empirical = _factor(e, review_evalue=config.review_evalue, target=target)
     tail = _tail_fit(e, review_evalue=config.review_evalue, target=target)
     factor = max(empirical, tail[0]) if tail is not None else empirical
@@ -237,10 +316,7 @@ def fit_catalogue_law(
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    law = CatalogueLaw(factor, info)
-    if save:
-        catalogue.set_meta(_META_NAME, json.dumps(info, sort_keys=True))
-    return law
+    return CatalogueLaw(factor, info)
 
 
 def catalogue_law(catalogue: Any) -> CatalogueLaw | None:

@@ -16,7 +16,8 @@
      ├── CatalogueError
      │    ├── DuplicateWorkError      the same source file (sha256) is already registered
      │    ├── WorkNotFoundError
-     │    └── EmptyCatalogueError     a check against a catalogue without works
+     │    ├── EmptyCatalogueError     a check against a catalogue without works
+     │    └── LawFitBusyError         another process is fitting the catalogue's chance law
      └── ConfigError                  a setting that cannot work
 
 The library never raises HTTP errors: only ``melodyguard.api`` maps these to status codes.
@@ -40,6 +41,7 @@ __all__ = [
     "DuplicateWorkError",
     "WorkNotFoundError",
     "EmptyCatalogueError",
+    "LawFitBusyError",
     "ConfigError",
 ]
 
@@ -115,6 +117,16 @@ class EmptyCatalogueError(CatalogueError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class LawFitBusyError(CatalogueError):
+    """Another process (a server worker, an ``add``) is fitting the catalogue's chance law; its
+    law is stored when it finishes. ``holder`` is that fit's lease record (pid, host, since,
+    progress)."""
+
+    def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
 
 
 class ConfigError(MelodyGuardError):

@@ -436,6 +436,36 @@ def test_catalogue_law_endpoints(api_env, shipped_encoder):
         assert c.get("/v1/catalogue/law", headers=H(keys["admin"])).json() == shipped
 
 
+def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped_encoder):
+    """While another process (another worker, an ``add``) holds the catalogue's law-fit lease,
+    every worker shows that fit's progress under ``refitting`` and refuses a second fit with 409;
+    a background refit that meets it leaves the fit to it without recording an error."""
+    from melodyguard.api.jobs import LawRefitter
+    from melodyguard.errors import LawFitBusyError
+
+    path, _, keys = api_env
+    other = Catalogue(path, encoder=shipped_encoder)
+    assert other.claim_lease("law_fit_lease", "worker-2", seconds=60, note={"done": 40, "total": 600}) is None
+    try:
+        with _client(path) as c:
+            law = c.get("/v1/catalogue/law", headers=H(keys["screener"])).json()
+            assert law == {"source": "shipped", "factor": 1.0, "refitting": {"done": 40, "total": 600}}
+            assert c.get("/readyz").json()["law"]["refitting"] == {"done": 40, "total": 600}
+            r = c.post("/v1/catalogue/law", headers=H(keys["admin"]))
+            assert r.status_code == 409 and "being refitted (40 of 600 decoys checked)" in r.json()["detail"]
+    finally:
+        assert other.release_lease("law_fit_lease", "worker-2")
+        other.close()
+
+    def busy_fit(cat, *, progress):
+        raise LawFitBusyError("another process is fitting this catalogue's chance law")
+
+    r = LawRefitter("cat", busy_fit, lambda c: True)
+    assert r.poke() is True
+    r._thread.join(5)
+    assert r.fits == 0 and r.last_error is None and r.status() is None
+
+
 def _wait_refit(c, key, timeout=120.0):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -302,3 +303,103 @@ def test_a_decoy_leaves_out_its_source_and_the_relatives_of_its_source(tmp_path,
     assert ids[0] not in [m["work"]["id"] for m in rep["matches"]] and ids[1] not in [m["work"]["id"] for m in rep["matches"]]
     assert rep["verdict"] == "clear"
     cat.close()
+
+
+_HOLD_LEASE = """
+import sys, time
+from melodyguard.index import Catalogue
+cat = Catalogue(sys.argv[1])
+assert cat.claim_lease("law_fit_lease", "other-process", seconds=60, note={"done": 7, "total": 100}) is None
+print("held", flush=True)
+sys.stdin.readline()  # hold it until told
+print("released" if cat.release_lease("law_fit_lease", "other-process") else "lost", flush=True)
+"""
+
+
+def test_one_law_fit_at_a_time_across_processes(stock_catalogue, shipped_encoder, capsys):
+    """A fit that stores its law holds the catalogue's lease: while another process holds it, a
+    fit here is refused with LawFitBusyError (naming that process and its progress) and stores
+    nothing, and `add`/`remove` go on without fitting; once released, the fit runs and leaves no
+    lease behind."""
+    import subprocess
+    import sys
+
+    from melodyguard.decoys import law_fit_under_way
+    from melodyguard.errors import LawFitBusyError
+
+    cat = Catalogue(stock_catalogue, encoder=shipped_encoder)
+    clear_catalogue_law(cat)
+    with subprocess.Popen([sys.executable, "-c", _HOLD_LEASE, str(stock_catalogue)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout.readline().strip() == "held"
+        under_way = law_fit_under_way(cat)
+        assert under_way == {"done": 7, "total": 100, "pid": holder.pid, "host": under_way["host"]}
+        with pytest.raises(LawFitBusyError, match=rf"pid {holder.pid} .*7 of 100 decoys") as exc:
+            fit_catalogue_law(cat, decoys=MIN_DECOY_WORKS)
+        assert exc.value.holder["holder"] == "other-process"
+        assert catalogue_law(cat) is None and law_needs_fit(cat)  # nothing stored
+        # `remove` (like `add`) leaves the fit to the other process and says so.
+        wid = cat.add_melodies([{"melody": stock_tune(np.random.default_rng(99)), "sha256": "extra"}])[0].id
+        assert main(["remove", str(wid), "--catalogue", str(stock_catalogue)]) == EXIT_OK
+        out = capsys.readouterr()
+        assert "calibrate: skipped: another process is fitting" in out.err
+        assert json.loads(out.out.strip().splitlines()[-1])["law"] == {"source": "shipped", "factor": 1.0}
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    assert law_fit_under_way(cat) is None
+    law = fit_catalogue_law(cat, decoys=MIN_DECOY_WORKS, seed=4)
+    assert catalogue_law(cat).info["fitted_at"] == law.info["fitted_at"]
+    assert law_fit_under_way(cat) is None and cat.lease("law_fit_lease") is None  # released
+    clear_catalogue_law(cat)
+    cat.close()
+
+
+def test_a_fit_that_lost_its_lease_stores_nothing(stock_catalogue, shipped_encoder):
+    """A fit stalled past its lease, which another process took over, must not overwrite that
+    process's law: it checks the lease is still its own before storing."""
+    from melodyguard.errors import LawFitBusyError
+
+    cat = Catalogue(stock_catalogue, encoder=shipped_encoder)
+    clear_catalogue_law(cat)
+
+    def take_over(done: int, total: int) -> None:
+        if done == total:  # as if this fit stalled and the lease ran out: another one takes it
+            cat.set_meta("law_fit_lease", json.dumps({"holder": "usurper", "pid": 1, "host": "h", "since": 0,
+                                                      "until": 4e9, "note": {"done": 3, "total": 100}}))
+
+    with pytest.raises(LawFitBusyError, match="pid 1 on h, 3 of 100"):
+        fit_catalogue_law(cat, decoys=MIN_DECOY_WORKS, progress=take_over)
+    assert catalogue_law(cat) is None and cat.lease("law_fit_lease")["holder"] == "usurper"  # not released
+    cat.delete_meta("law_fit_lease")
+    cat.close()
+
+
+def test_catalogue_leases(tmp_path, shipped_encoder):
+    """Leases in the catalogue's SQLite file: one holder at a time across connections, renewed by
+    their holder, taken over when they run out or cannot be read, released only by their holder."""
+    from melodyguard.errors import ConfigError
+
+    a = Catalogue(tmp_path / "c", encoder=shipped_encoder)
+    b = Catalogue(tmp_path / "c", encoder=shipped_encoder)  # another connection to the same file
+    assert a.claim_lease("law_fit_lease", "A", seconds=30, note={"done": 1}) is None
+    held = b.claim_lease("law_fit_lease", "B", seconds=30)
+    assert held["holder"] == "A" and held["note"] == {"done": 1} and held["until"] > time.time() + 20
+    since = held["since"]
+    assert a.claim_lease("law_fit_lease", "A", seconds=30, note={"done": 2}) is None  # renewed
+    assert b.lease("law_fit_lease")["note"] == {"done": 2} and b.lease("law_fit_lease")["since"] == since
+    assert b.release_lease("law_fit_lease", "B") is False and b.lease("law_fit_lease")["holder"] == "A"
+    assert a.release_lease("law_fit_lease", "A") is True and b.lease("law_fit_lease") is None
+    assert a.claim_lease("law_fit_lease", "A", seconds=0.2) is None
+    time.sleep(0.3)  # A's process "died": its lease runs out
+    assert a.lease("law_fit_lease") is None and b.claim_lease("law_fit_lease", "B", seconds=30) is None
+    a.set_meta("law_fit_lease", "{not json")
+    assert a.lease("law_fit_lease") is None and a.claim_lease("law_fit_lease", "A", seconds=30) is None
+    with pytest.raises(ConfigError, match="positive number of seconds"):
+        a.claim_lease("law_fit_lease", "A", seconds=0)
+    with pytest.raises(CatalogueError, match="not a meta entry"):
+        a.claim_lease("generation", "A", seconds=30)
+    a.close()
+    b.close()

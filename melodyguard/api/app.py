@@ -46,6 +46,7 @@ from ..decoys import (
     catalogue_law,
     clear_catalogue_law,
     fit_catalogue_law,
+    law_fit_under_way,
     law_needs_fit,
     law_summary,
 )
@@ -253,6 +254,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The law in force, and the background refit under way if there is one."""
         out = law_summary(catalogue_law(app.state.catalogue))
         refit = app.state.refitter.status()
+        if refit is None:  # a fit in another worker or an `add`: its progress as of its last renewal
+            other = law_fit_under_way(app.state.catalogue)
+            refit = None if other is None else {"done": other["done"], "total": other["total"]}
         return out if refit is None else {**out, "refitting": refit}
 
     @app.get("/readyz", summary="Readiness: model and index loaded, with their versions",
@@ -372,9 +376,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         target: Annotated[float, Query(gt=0, lt=0.5, description="share of decoys review may flag")] = 0.005,
         seed: Annotated[int, Query(ge=0, le=2**31)] = 0,
     ) -> dict[str, Any]:
-        refit = request.app.state.refitter.status()
+        refit = _law_now(request.app).get("refitting")
         if refit is not None:
-            raise HTTPException(409, detail=f"the law is being refitted after new registrations ({refit['done']} of "
+            raise HTTPException(409, detail=f"the law is being refitted ({refit['done']} of "
                                             f"{refit['total']} decoys checked); try again when GET /v1/catalogue/law "
                                             "no longer shows 'refitting'")
         law = capped(fit_catalogue_law, request.app.state.catalogue, decoys=decoys, target=target, seed=seed)

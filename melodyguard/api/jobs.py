@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._sqlite import ThreadConnections
-from ..errors import InvalidInputError, MelodyGuardError
+from ..errors import InvalidInputError, LawFitBusyError, MelodyGuardError
 
 __all__ = ["JobStore", "JobWorker", "LawRefitter", "results_csv"]
 
@@ -226,8 +226,10 @@ class LawRefitter:
     """Refits the catalogue's chance law in a background thread after registrations and
     deletions, when :func:`~melodyguard.decoys.law_needs_fit` says so (at 100 works, then each
     time the catalogue doubles or halves): the rule ``melodyguard add`` follows. One fit at a
-    time per process; checks go on under the law in force until the new one is stored. A fit
-    that fails (e.g. a work deleted under it) is recorded and tried again on the next change."""
+    time per process, and one per catalogue across processes (the fit's lease, see
+    :mod:`melodyguard.decoys`: a worker whose fit finds another under way leaves it to that
+    one); checks go on under the law in force until the new one is stored. A fit that fails
+    (e.g. a work deleted under it) is recorded and tried again on the next change."""
 
     def __init__(self, catalogue: Any, fit: Callable[..., Any], needs_fit: Callable[[Any], bool]) -> None:
         self.catalogue = catalogue
@@ -269,7 +271,7 @@ class LawRefitter:
             self._fit(self.catalogue, progress=self._progress)
             self.fits += 1
             self.last_error = None
-        except _Stopped:
+        except (_Stopped, LawFitBusyError):  # stopped; or another process is fitting it (its law will do)
             pass
         except Exception as exc:  # a failed refit leaves the law in force; the next change retries
             self.last_error = f"{type(exc).__name__}: {exc}"

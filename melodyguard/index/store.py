@@ -22,6 +22,8 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -156,6 +158,17 @@ def _melody_from_json(s: str, info: dict[str, Any]) -> Melody:
         _frozen(d["os"], np.float64), _frozen(d["ds"], np.float64), _frozen(d["bars"], np.int64),
         _frozen(d["bib"], np.float64), tuple(TimeSignature(*t) for t in d["ts"]), info, bool(d.get("has_beats", True)),
     )
+
+
+def _lease_record(raw: str) -> dict[str, Any] | None:
+    """A stored lease, or None when it cannot be read (then it is taken over)."""
+    try:
+        rec = json.loads(raw)
+        rec["until"] = float(rec["until"])
+        rec["holder"] = str(rec["holder"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return rec if isinstance(rec.get("note", {}), dict) else None
 
 
 def require_works(catalogue: Any) -> int:
@@ -402,7 +415,7 @@ class Catalogue:
         )
 
     #: meta entries other modules may keep in the catalogue (the rest belong to the store)
-    EXTRA_META = frozenset({"null_law"})
+    EXTRA_META = frozenset({"null_law", "law_fit_lease"})
 
     def _extra_name(self, name: str) -> str:
         if name not in self.EXTRA_META:
@@ -421,6 +434,45 @@ class Catalogue:
     def delete_meta(self, name: str) -> bool:
         with self._write_lock, self._tx() as con:
             return con.execute("DELETE FROM meta WHERE name=?", (self._extra_name(name),)).rowcount > 0
+
+    def claim_lease(self, name: str, holder: str, *, seconds: float,
+                    note: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Take, or renew, the lease ``name`` (a meta entry, see :attr:`EXTRA_META`) for
+        ``holder`` for ``seconds``. Returns None when ``holder`` now holds it, else the record of
+        the holder whose lease has not run out (``holder``, ``pid``, ``host``, ``since``,
+        ``until`` and its ``note``). One transaction, so of several processes one wins; a lease
+        whose process died runs out. ``note`` (e.g. progress) is kept for others to read."""
+        if not seconds > 0:
+            raise ConfigError(f"a lease lasts a positive number of seconds; got {seconds!r}")
+        key = self._extra_name(name)
+        now = time.time()
+        with self._write_lock, self._tx() as con:
+            row = con.execute("SELECT value FROM meta WHERE name=?", (key,)).fetchone()
+            held = _lease_record(row[0]) if row else None
+            if held is not None and held["holder"] != holder and held["until"] > now:
+                return held
+            since = held["since"] if held is not None and held["holder"] == holder else now
+            rec = {"holder": holder, "pid": os.getpid(), "host": socket.gethostname(), "since": since,
+                   "until": now + float(seconds), "note": note or {}}
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(rec, sort_keys=True)))
+        return None
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        """The record of the lease ``name`` while it lasts (see :meth:`claim_lease`), or None."""
+        raw = self.get_meta(name)
+        held = _lease_record(raw) if raw else None
+        return held if held is not None and held["until"] > time.time() else None
+
+    def release_lease(self, name: str, holder: str) -> bool:
+        """Give up the lease ``name`` if ``holder`` holds it; True if it did."""
+        key = self._extra_name(name)
+        with self._write_lock, self._tx() as con:
+            row = con.execute("SELECT value FROM meta WHERE name=?", (key,)).fetchone()
+            held = _lease_record(row[0]) if row else None
+            if held is None or held["holder"] != holder:
+                return False
+            con.execute("DELETE FROM meta WHERE name=?", (key,))
+            return True
 
     def generation(self) -> int:
         row = self._con().execute("SELECT value FROM meta WHERE name='generation'").fetchone()
