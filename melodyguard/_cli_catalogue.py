@@ -440,8 +440,21 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         os.environ["MELODYGUARD_CATALOGUE"] = str(a.catalogue)
     if a.weights:
         os.environ["MELODYGUARD_WEIGHTS"] = str(a.weights)
-    uvicorn.run("melodyguard.api.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers)
+    uvicorn.run("melodyguard.api.app:create_app", factory=True, host=a.host, port=a.port, workers=a.workers,
+                log_config=serve_log_config())
     return EXIT_OK
+
+
+def serve_log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, with melodyguard's server log (``melodyguard.api``: background
+    law refits, audit jobs) printed by its handler, at INFO."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg["loggers"]["melodyguard"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return cfg
 
 
 _cmd_serve.setup = _setup_serve  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import zipfile
 
@@ -436,7 +437,7 @@ def test_catalogue_law_endpoints(api_env, shipped_encoder):
         assert c.get("/v1/catalogue/law", headers=H(keys["admin"])).json() == shipped
 
 
-def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped_encoder):
+def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped_encoder, caplog):
     """While another process (another worker, an ``add``) holds the catalogue's law-fit lease,
     every worker shows that fit's progress under ``refitting`` and refuses a second fit with 409;
     a background refit that meets it leaves the fit to it without recording an error."""
@@ -461,9 +462,11 @@ def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped
         raise LawFitBusyError("another process is fitting this catalogue's chance law")
 
     r = LawRefitter("cat", busy_fit, lambda c: True)
-    assert r.poke() is True
-    r._thread.join(5)
+    with caplog.at_level(logging.INFO, logger="melodyguard.api"):
+        assert r.poke() is True
+        r._thread.join(5)
     assert r.fits == 0 and r.last_error is None and r.status() is None
+    assert "refit left to the other fit: another process is fitting" in caplog.text  # the server's log says so
 
 
 def _wait_refit(c, key, timeout=120.0):
@@ -509,7 +512,7 @@ def test_registering_over_http_refits_the_law(api_env, shipped_encoder):
         assert _wait_refit(c, keys["screener"])["fitted_at"] == law["fitted_at"]
 
 
-def test_law_refitter_runs_one_fit_and_stops_cleanly():
+def test_law_refitter_runs_one_fit_and_stops_cleanly(caplog):
     """The refitter starts a fit only when one is needed and none runs, reports its progress,
     records a failed fit for the next change to retry, and abandons a fit when stopped."""
     import threading
@@ -542,6 +545,9 @@ def test_law_refitter_runs_one_fit_and_stops_cleanly():
         raise RuntimeError("work 7 was deleted")
 
     r = LawRefitter("cat", broken_fit, lambda c: True)
-    assert r.poke() is True
-    r._thread.join(5)
+    with caplog.at_level(logging.INFO, logger="melodyguard.api"):
+        assert r.poke() is True
+        r._thread.join(5)
     assert r.fits == 0 and r.last_error == "RuntimeError: work 7 was deleted"
+    warned = [x for x in caplog.records if x.levelno == logging.WARNING]
+    assert len(warned) == 1 and "refit failed (RuntimeError: work 7 was deleted)" in warned[0].getMessage()

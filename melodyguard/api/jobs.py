@@ -14,6 +14,7 @@ import csv
 import datetime as dt
 import io
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS audit_files (
 );
 """
 LEASE_SECONDS = 60.0
+#: the server's log (``melodyguard serve`` prints it with uvicorn's own lines)
+log = logging.getLogger("melodyguard.api")
 
 
 def _now() -> str:
@@ -202,10 +205,12 @@ class JobWorker:
             self._run_job(job)
 
     def _run_job(self, job: dict[str, Any]) -> None:
+        log.info("audit %s: running (%s files)", job["id"], job.get("total", "?"))
         while not self._stop.is_set():
             nxt = self.store.next_file(job["id"])
             if nxt is None:
                 self.store.finish(job["id"])
+                log.info("audit %s: done", job["id"])
                 return
             idx, path, name = nxt
             try:
@@ -216,6 +221,7 @@ class JobWorker:
                 rep = {"verdict": "error", "error": f"unexpected {type(exc).__name__}: {exc}"}
             self.store.save_result(job["id"], idx, rep)
         self.store.release(job["id"])  # stopping: another process (or the restart) resumes it
+        log.info("audit %s: released at shutdown; another worker or the restart resumes it", job["id"])
 
 
 class _Stopped(Exception):
@@ -267,14 +273,22 @@ class LawRefitter:
         self.progress = (done, total)
 
     def _run(self) -> None:
+        log.info("chance law: refitting in the background (the catalogue has grown or shrunk since the last fit)")
         try:
-            self._fit(self.catalogue, progress=self._progress)
+            law = self._fit(self.catalogue, progress=self._progress)
             self.fits += 1
             self.last_error = None
-        except (_Stopped, LawFitBusyError):  # stopped; or another process is fitting it (its law will do)
-            pass
+            info = getattr(law, "info", {})
+            log.info("chance law: refitted, E-values x%.3g (%s decoys, %s s)", getattr(law, "factor", float("nan")),
+                     info.get("decoys"), info.get("seconds"))
+        except _Stopped:
+            log.info("chance law: refit abandoned at shutdown; the law in force stays")
+        except LawFitBusyError as exc:  # another process is fitting it: its law will do
+            log.info("chance law: refit left to the other fit: %s", exc)
         except Exception as exc:  # a failed refit leaves the law in force; the next change retries
             self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("chance law: refit failed (%s); the law in force stays, the next change retries it",
+                        self.last_error)
         finally:
             self.progress = None
 
