@@ -154,6 +154,9 @@ def test_bad_input_errors(tmp_path, rng):
         extract_melody(b"\x00\x01garbage" * 10, filename="x.mid")
     with pytest.raises(CorruptFileError, match="corrupt MIDI"):
         extract_melody(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\xff\xff\xff\xff")
+    good = melody_midi(np.arange(60, 72), np.arange(12.0), np.ones(12))
+    with pytest.raises(CorruptFileError, match="EOFError: the data ends in the middle of a chunk"):
+        extract_melody(good[:30], filename="cut.mid")  # a truncated upload: the message says what happened
     with pytest.raises(EmptyInputError, match="empty"):
         extract_melody(b"")
     with pytest.raises(UnsupportedFormatError, match="unrecognised format"):

@@ -126,7 +126,9 @@ def _parse(data: bytes, name: str):
             warnings.simplefilter("ignore")
             return pretty_midi.PrettyMIDI(io.BytesIO(data))
     except Exception as exc:  # mido and pretty_midi raise many types on bad bytes
-        raise CorruptFileError(f"{name} is a corrupt MIDI file: {type(exc).__name__}: {exc}") from exc
+        why = str(exc) or ("the data ends in the middle of a chunk (a truncated file?)" if isinstance(exc, EOFError)
+                           else "no detail given")
+        raise CorruptFileError(f"{name} is a corrupt MIDI file: {type(exc).__name__}: {why}") from exc
 
 
 def _beats_of(pm, times: np.ndarray) -> np.ndarray:
