@@ -40,11 +40,13 @@ from melodyguard.align import (  # noqa: E402
     note_iois,
 )
 from melodyguard.augment import augment  # noqa: E402
+from melodyguard.config import DEFAULT_MIN_NOTES  # noqa: E402
 from melodyguard.corpus import (  # noqa: E402
     DEFAULT_COLLECTIONS,
     HELDOUT_COLLECTIONS,
     STYLE_COLLECTIONS,
     TRAIN_COLLECTIONS,
+    list_units,
     load_corpus,
 )
 from melodyguard.decoys import retrograde  # noqa: E402
@@ -55,6 +57,9 @@ from melodyguard.model.encoder import Encoder, default_weights_path, load_encode
 
 WHOLE_LEVELS = ("transpose", "tempo", "light", "medium", "heavy")
 PARTIAL_LEVELS = ("light", "medium")
+#: section "hooks": lengths of the hooks checked alone, and their edits
+HOOK_LENGTHS = (8, 10, 12, 16, 20, 24)
+HOOK_LEVELS = ("transpose", "light")
 
 
 def rss_mb() -> float:
@@ -457,6 +462,20 @@ def split_pool(pool, *, n_neg: int, size: int, rng) -> tuple[list[Any], list[Any
     return hosts[:n_neg], cat[:size]
 
 
+def build_catalogue(enc: Encoder, cat_tunes, path: Path, *, index_kind: str):
+    """A catalogue of ``cat_tunes`` at ``path``, added 500 at a time, its index built; also the
+    seconds it took."""
+    from melodyguard.index import Catalogue
+
+    cat = Catalogue(path, encoder=enc, index_kind=index_kind)
+    t0 = time.perf_counter()
+    for b in range(0, len(cat_tunes), 500):
+        cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title, "owner": t.collection}
+                          for t in cat_tunes[b:b + 500]])
+    cat.index()
+    return cat, time.perf_counter() - t0
+
+
 def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: int, baseline_queries: int,
                       seed: int, index_kind: str, law: str = "shipped", law_decoys: int = 600) -> dict[str, Any]:
     """Detection quality and speed. With ``law="catalogue"`` the catalogue's own chance law is
@@ -464,7 +483,6 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
     out); the rates of the default thresholds are given under both laws. Rankings, recall@1,
     MRR and TPR do not depend on the law (it multiplies every E-value of the catalogue alike)."""
     from melodyguard.decoys import check_decoy, fit_catalogue_law
-    from melodyguard.index import Catalogue
 
     rng = np.random.default_rng(seed)
     hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
@@ -472,13 +490,8 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
     res: dict[str, Any] = {"catalogue_works": len(cat_tunes)}
     try:
         r0 = rss_mb()
-        cat = Catalogue(tmp / "cat", encoder=enc, index_kind=index_kind)
-        t0 = time.perf_counter()
-        for b in range(0, len(cat_tunes), 500):
-            cat.add_melodies([{"melody": t.melody, "sha256": t.key, "title": t.title, "owner": t.collection}
-                              for t in cat_tunes[b:b + 500]])
+        cat, dt = build_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind)
         idx, table = cat.index()
-        dt = time.perf_counter() - t0
         res["ingest_works_per_s"] = round(len(cat_tunes) / dt, 1)
         res["vectors"] = idx.ntotal
         res["index_kind"] = idx.manifest.kind
@@ -534,7 +547,11 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
                 src = [x for m, x in zip(on, ps) if wid_to_i[m["work"]["id"]] == q["source"]]
                 q["passage_r1"] = tie_aware(ps, src[0])[0] if src else 0.0
                 q["passage_r1_dup"] = dups_as_one(ps, [wid_to_i[m["work"]["id"]] for m in on], q["holders"])[0]
-        neg_scores, neg_verdicts = best_scores([h.melody for h in negatives], cat)
+        neg_reports: list[dict[str, Any]] = []
+        neg_scores, neg_verdicts = best_scores([h.melody for h in negatives], cat, reports=neg_reports)
+        recorded, kin = kinship_figures(negatives, cat_tunes, neg_reports)
+        res.update(kin)
+        no_variant = np.array([h.key not in recorded for h in negatives], bool)
         dec_scores, dec_verdicts = best_scores([h.melody for h in decoys], cat)
         res["fpr_default_review_backwards_negatives"] = round(float(np.mean([v != "clear" for v in dec_verdicts])), 4)
         res["fpr_default_block_backwards_negatives"] = round(float(np.mean([v == "block" for v in dec_verdicts])), 4)
@@ -601,6 +618,7 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
                 "flagged_default": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
                 **({"flagged_default_shipped_law": shipped_rate(
                     np.array([-np.log10(max(q["best_e"], 1e-300)) for q in qs]), factor)} if law == "catalogue" else {}),
+                **(host_without_variant(qs, recorded, neg_scores[no_variant]) if kind == "partial" else {}),
                 **({"passage_recall@1": round(float(np.mean([q["passage_r1"] for q in qs])), 4),
                     "passage_recall@1_dups_as_one": round(float(np.mean([q["passage_r1_dup"] for q in qs])), 4)}
                    if kind != "whole" else {}),
@@ -629,6 +647,110 @@ def detection_section(enc: Encoder, pool, *, size: int, n_queries: int, n_neg: i
     return res
 
 
+def _excerpt(tune, length: int, rng) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """A random ``length``-note excerpt of a tune: its start and notes (onsets from 0)."""
+    p, o, d = notes_of(tune.melody)
+    s0 = int(rng.integers(0, len(p) - length + 1))
+    return s0, (p[s0:s0 + length], o[s0:s0 + length] - o[s0], d[s0:s0 + length])
+
+
+def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline_queries: int, seed: int,
+                  index_kind: str, law: str = "shipped") -> dict[str, Any]:
+    """Short hooks checked on their own: how long a copied passage must be for a check to find
+    and flag it. For each length in :data:`HOOK_LENGTHS`, ``n`` excerpts of that many notes of
+    catalogue works (at random places; transposed, or with light edits), each checked alone;
+    against them, excerpts as long of held-out tunes played backwards (decoys: the style's
+    steps and rhythms, no real phrase) and of real held-out tunes (tune families included;
+    near-duplicates of catalogue works left out, as in the detection tables).
+    Recall@1 counts ties at random and, as in the detection tables, also with every catalogue
+    work that holds the copied notes verbatim as one answer (a short hook is often in several
+    works). The baseline scores the same queries and decoys (the first ``baseline_queries``)."""
+    from melodyguard.decoys import fit_catalogue_law
+    from melodyguard.detect import check_melody
+
+    rng = np.random.default_rng(seed)
+    hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
+    hosts, dropped = drop_near_duplicates(hosts, cat_tunes)  # as the detection tables' negatives
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-hooks-"))
+    res: dict[str, Any] = {"catalogue_works": len(cat_tunes), "rows": [], "negatives_dropped_as_duplicates": dropped}
+    try:
+        cat, _ = build_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind)
+        res["law_factor"] = fit_catalogue_law(cat, seed=seed).factor if law == "catalogue" else 1.0
+        sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
+        wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
+        cat_notes = [interval_notes(t.melody) for t in cat_tunes]
+        align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
+        check_melody(cat_tunes[0].melody, cat)  # warm-up
+        for length in HOOK_LENGTHS:
+            src_pool = [i for i, t in enumerate(cat_tunes) if len(t.melody) >= length]
+            src_idx = rng.choice(src_pool, size=min(n, len(src_pool)), replace=False)
+            negs: dict[str, np.ndarray] = {}
+            bl_neg = np.zeros(0)
+            for name, tunes in (("backwards", [retrograde(h.melody) for h in hosts]), ("real", [h.melody for h in hosts])):
+                mels = [Melody.from_notes(*_excerpt(SimpleNamespace(melody=m), length, rng)[1])
+                        for m in tunes if len(m) >= length]
+                sc, verdicts = best_scores(mels, cat)
+                negs[name] = sc
+                res.setdefault("negatives", {}).setdefault(str(length), {})[name] = {
+                    "n": len(mels), "flagged": round(float(np.mean([v != "clear" for v in verdicts])), 4),
+                    "block": round(float(np.mean([v == "block" for v in verdicts])), 4)}
+                if name == "backwards":
+                    bl_neg = np.asarray([baseline_scores(m, cat_notes).max() for m in mels[:baseline_queries]])
+            for level in HOOK_LEVELS:
+                qs: list[dict[str, Any]] = []
+                for i in src_idx:
+                    s0, ex = _excerpt(cat_tunes[int(i)], length, rng)
+                    edited = augment(ex, level, rng=rng)
+                    if len(edited[0]) >= DEFAULT_MIN_NOTES:  # light edits may take a note out: too short to check
+                        qs.append({"source": int(i), "excerpt_start": s0, "excerpt_notes": length,
+                                   "melody": to_melody(edited)})
+                mark_verbatim_holders(cat_tunes, qs)
+                for q in qs:
+                    rep = check_melody(q["melody"], cat)
+                    ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
+                    sc = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in rep["matches"]])
+                    q["score"] = float(sc[ranks.index(q["source"])]) if q["source"] in ranks else -10.0
+                    q["r1"] = tie_aware(sc, q["score"])[0] if q["source"] in ranks else 0.0
+                    q["r1_dup"] = dups_as_one(sc, ranks, q["holders"])[0]
+                    q["verdict"] = rep["verdict"]
+                sub = qs[:baseline_queries]
+                bl = [baseline_scores(q["melody"], cat_notes) for q in sub]
+                scores = np.array([q["score"] for q in qs])
+                res["rows"].append({
+                    "notes": length, "level": level, "queries": len(qs),
+                    "recall@1": round(float(np.mean([q["r1"] for q in qs])), 4),
+                    "recall@1_dups_as_one": round(float(np.mean([q["r1_dup"] for q in qs])), 4),
+                    "with_duplicates": int(sum(len(q["holders"]) > 1 for q in qs)),
+                    "flagged": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
+                    "block": round(float(np.mean([q["verdict"] == "block" for q in qs])), 4),
+                    "source_minus_log10_e_median": round(float(np.median(scores)), 2),
+                    "tpr@1%fpr_vs_backwards": round(tpr_at_fpr(scores, negs["backwards"]), 4),
+                    "paired_queries": len(sub),
+                    "ours_recall@1_dups_as_one_paired": round(float(np.mean([q["r1_dup"] for q in sub])), 4),
+                    "ours_tpr_paired": round(tpr_at_fpr(scores[:len(sub)], negs["backwards"][:baseline_queries]), 4),
+                    "baseline_recall@1_dups_as_one": round(float(np.mean(
+                        [dups_as_one(b, list(range(len(b))), q["holders"])[0] for b, q in zip(bl, sub)])), 4),
+                    "baseline_tpr@1%fpr_vs_backwards": round(tpr_at_fpr(np.array([b[q["source"]] for b, q in zip(bl, sub)]),
+                                                                        bl_neg), 4),
+                })
+                print(json.dumps(res["rows"][-1]), flush=True)
+        cat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def host_without_variant(qs: list[dict[str, Any]], recorded: set[str], neg_scores: np.ndarray) -> dict[str, Any]:
+    """Partial copies in real hosts, restricted to hosts without a variant in the catalogue by
+    the editors' numbering (:func:`essen_songs`), against negatives restricted alike."""
+    sub = [q for q in qs if q["host"] not in recorded]
+    if not sub:
+        return {}
+    return {"host_without_recorded_variant_queries": len(sub),
+            "host_without_recorded_variant_recall@1": round(float(np.mean([q["r1"] for q in sub])), 4),
+            "host_without_recorded_variant_tpr@1%fpr": round(tpr_at_fpr(np.array([q["score"] for q in sub]), neg_scores), 4)}
+
+
 def shipped_rate(scores: np.ndarray, factor: float) -> float:
     """Share of queries the default review threshold flags under the shipped law, from their
     best -log10 E under a catalogue law of ``factor`` (which multiplies every E-value alike;
@@ -638,8 +760,10 @@ def shipped_rate(scores: np.ndarray, factor: float) -> float:
     return round(float(np.mean((shipped >= -np.log10(DEFAULT_DETECT.review_evalue)) & (scores > -10.0))), 4)
 
 
-def best_scores(melodies: list[Melody], cat, *, exclude: list[int] | None = None) -> tuple[np.ndarray, list[str]]:
-    """-log10 E-value of each query's best match (-10 without one) and its verdict."""
+def best_scores(melodies: list[Melody], cat, *, exclude: list[int] | None = None,
+                reports: list[dict[str, Any]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """-log10 E-value of each query's best match (-10 without one) and its verdict; each
+    report is also appended to ``reports`` when given."""
     from melodyguard.detect import check_melody
 
     scores, verdicts = [], []
@@ -647,7 +771,49 @@ def best_scores(melodies: list[Melody], cat, *, exclude: list[int] | None = None
         rep = check_melody(m, cat, exclude_work=exclude[i] if exclude else None)
         scores.append(-np.log10(max(rep["matches"][0]["score"]["evalue"], 1e-300)) if rep["matches"] else -10.0)
         verdicts.append(rep["verdict"])
+        if reports is not None:
+            reports.append(rep)
     return np.asarray(scores), verdicts
+
+
+def essen_songs() -> dict[str, tuple[str, str]]:
+    """The Essen editors' own numbering of songs: corpus key -> (file group, song number).
+
+    An EsAC signature (the ABC field ``N:``, e.g. ``A0004B``) numbers the variants of one song
+    with a letter, so tunes that share the number without the letter are variants of one song
+    that the editors themselves recorded: ground truth of kinship that owes nothing to either
+    system (it misses the many tune-family relations they did not record). Each file group
+    numbers its own songs. Read from the same ABC units, under the same keys, as the corpus
+    cache (which keeps titles only)."""
+    out: dict[str, tuple[str, str]] = {}
+    for key, _, _, tune in list_units(("essenFolksong",)):
+        sig = re.findall(r"^N:\s*([A-Z]+\d+)[A-Z]?\s*$", tune, re.M)
+        if sig:
+            out[key] = (re.sub(r"\d*\.abc#\d+$", "", key.split("/", 1)[1]), sig[0])
+    return out
+
+
+def kinship_figures(negatives, cat_tunes, reports: list[dict[str, Any]]) -> tuple[set[str], dict[str, Any]]:
+    """Which negatives have a variant in the catalogue by the editors' numbering
+    (:func:`essen_songs`), and what the default thresholds flag in real held-out tunes: their
+    share without such a variant, and how long the flagged matches are (a long shared passage
+    is kinship; a short one in a long tune could be a stock formula)."""
+    songs = essen_songs()
+    in_cat = {songs[t.key] for t in cat_tunes if t.key in songs}
+    recorded = {h.key for h in negatives if songs.get(h.key) in in_cat}
+    flagged = [(h, r) for h, r in zip(negatives, reports) if r["verdict"] != "clear"]
+    rest = [r for h, r in zip(negatives, reports) if h.key not in recorded]
+    matched = np.array([r["matches"][0]["segments"][0]["matched_notes"] for _, r in flagged] or [0])
+    cover = np.array([r["matches"][0]["coverage"]["query"] for _, r in flagged] or [0.0])
+    return recorded, {
+        "negatives_with_recorded_variant": len(recorded),
+        "fpr_default_review_no_recorded_variant": round(float(np.mean([r["verdict"] != "clear" for r in rest])), 4)
+        if rest else None,
+        "flagged_negatives": {
+            "n": len(flagged), "with_recorded_variant": sum(h.key in recorded for h, _ in flagged),
+            "matched_notes_median": float(np.median(matched)), "query_coverage_median": round(float(np.median(cover)), 3),
+            "at_most_16_notes_under_40pct": int(np.sum((matched <= 16) & (cover < 0.4)))},
+    }
 
 
 def null_section(enc: Encoder, pool, *, size: int, n: int, seed: int, index_kind: str) -> dict[str, Any]:
@@ -1145,6 +1311,7 @@ def print_markdown(results: dict[str, Any]) -> None:
                   "fpr_default_review_backwards_negatives_shipped_law",
                   "fpr_default_review_backwards_negatives_relatives_out",
                   "fpr_default_review_backwards_negatives_relatives_out_shipped_law",
+                  "negatives_with_recorded_variant", "fpr_default_review_no_recorded_variant", "flagged_negatives",
                   "fpr_default_block_backwards_negatives",
                   "ingest_works_per_s",
                   "latency_ms_p50", "latency_ms_p95", "latency_stages_ms_p50", "baseline_latency_ms_p50",
@@ -1164,6 +1331,10 @@ def print_markdown(results: dict[str, Any]) -> None:
         for r in d["levels"]:
             if "passage_recall@1" in r:
                 print(f"- passage_recall@1 ({r['kind']}, {r['level']}): {r['passage_recall@1']}")
+            if "host_without_recorded_variant_recall@1" in r:
+                print(f"- hosts without a recorded variant in the catalogue ({r['kind']}, {r['level']}): "
+                      f"n {r['host_without_recorded_variant_queries']}, recall@1 "
+                      f"{r['host_without_recorded_variant_recall@1']}, TPR@1%FPR {r['host_without_recorded_variant_tpr@1%fpr']}")
         if "two_phrases" in d:
             _table("Two phrases of two works copied into one song",
                    ["host", "level", "n", "both sources reported", "both located", "at least one reported",
@@ -1171,6 +1342,19 @@ def print_markdown(results: dict[str, Any]) -> None:
                    [[r["kind"], r["level"], r["queries"], f"{r['both_reported']:.3f}", f"{r['both_located']:.3f}",
                      f"{r['at_least_one_reported']:.3f}", f"{r['ours_both_reported_paired']:.3f} (n={r['paired_queries']})",
                      f"{r['baseline_both_in_top5']:.3f}"] for r in d["two_phrases"]])
+    for key in sorted(k for k in results if k.startswith("hooks_")):
+        d = results[key]
+        _table(f"Short hooks checked alone, catalogue of {d['catalogue_works']} {kind} works{pool} (law x{d['law_factor']:.3g})",
+               ["notes", "edits", "n", "recall@1", "dups as one", "flagged review or block", "block",
+                "source -log10 E (median)", "TPR@1%FPR vs backwards hooks", "backwards hooks flagged",
+                "real hooks flagged", "baseline (dups as one; TPR)", "ours on the same n"],
+               [[r["notes"], r["level"], r["queries"], f"{r['recall@1']:.3f}", f"{r['recall@1_dups_as_one']:.3f}",
+                 f"{r['flagged']:.3f}", f"{r['block']:.3f}", r["source_minus_log10_e_median"],
+                 f"{r['tpr@1%fpr_vs_backwards']:.3f}", f"{d['negatives'][str(r['notes'])]['backwards']['flagged']:.3f}",
+                 f"{d['negatives'][str(r['notes'])]['real']['flagged']:.3f}",
+                 f"{r['baseline_recall@1_dups_as_one']:.3f}; {r['baseline_tpr@1%fpr_vs_backwards']:.3f}",
+                 f"{r['ours_recall@1_dups_as_one_paired']:.3f}; {r['ours_tpr_paired']:.3f} (n={r['paired_queries']})"]
+                for r in d["rows"]])
     if "memorization" in results:
         d = results["memorization"]
         _table(f"Does the generator copy its training tunes? ({d['training_catalogue_works']} training works)",
@@ -1245,7 +1429,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = load_encoder(a.weights)
     # The other style is for detection and the null study only; every other section measures
     # the folk collections (loaded only when one asks for them).
-    other = [s for s in a.sections if s not in ("detect", "null")]
+    other = [s for s in a.sections if s not in ("detect", "null", "hooks")]
     folk = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS) if a.pool == "folk" or other else []
     if a.pool == "folk":
         pool = folk
@@ -1274,6 +1458,11 @@ def main(argv: list[str] | None = None) -> int:
                                   law=a.law, law_decoys=a.law_decoys)
             results[f"detect_{size}"] = r
             print(json.dumps(r), flush=True)
+    if "hooks" in a.sections:
+        for size in a.sizes:
+            results[f"hooks_{size}"] = hooks_section(enc, pool, size=size, n=a.queries, n_neg=a.negatives,
+                                                     baseline_queries=a.baseline_queries, seed=a.seed,
+                                                     index_kind=a.index_kind, law=a.law)
     if "null" in a.sections:
         for size in a.sizes:
             results[f"null_{size}"] = null_section(enc, pool, size=size, n=300, seed=a.seed, index_kind=a.index_kind)

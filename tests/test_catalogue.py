@@ -1445,3 +1445,27 @@ def test_calibrate_score_overrides_name_a_score_and_refuse_anything_else():
             cal.scoring_with(DEFAULT_SCORING, bad)
     with pytest.raises(SystemExit, match="--score"):
         cal.main(["--score", "bogus=1", "--out", "/nonexistent/never-written.json"])
+
+
+def test_benchmark_reads_the_essen_editors_song_numbers():
+    """The kinship ground truth of the benchmark: variants the Essen editors numbered as one
+    song (A0004A, A0004B, A0004C: 'Herzog Ernst') share a song number, other songs do not, under
+    the corpus cache's own keys."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("music21")
+    from melodyguard.corpus import list_units
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_for_test4", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    songs = bench.essen_songs()
+    first = [songs[f"essenFolksong/altdeu10.abc#{k}"] for k in range(6)]
+    assert first[1] == first[2] == first[3] == ("altdeu", "A0004")
+    assert len({first[0], first[1], first[4], first[5]}) == 4
+    units = {key: tune for key, _, _, tune in list_units(("essenFolksong",))}
+    assert all("T: Herzog Ernst" in units[f"essenFolksong/altdeu10.abc#{k}"] for k in (1, 2, 3))
+    # each file group numbers its own songs: the same number in two groups is two songs
+    assert len(songs) > 8000 and set(songs) <= set(units) and len({g for g, _ in songs.values()}) >= 10
