@@ -437,11 +437,21 @@ def test_catalogue_law_endpoints(api_env, shipped_encoder):
         assert c.get("/v1/catalogue/law", headers=H(keys["admin"])).json() == shipped
 
 
+def _refit_once(fit, caplog):
+    """A refitter whose catalogue needs a fit, poked once and waited for, the server's log captured."""
+    from melodyguard.api.jobs import LawRefitter
+
+    r = LawRefitter("cat", fit, lambda c: True)
+    with caplog.at_level(logging.INFO, logger="melodyguard.api"):
+        assert r.poke() is True
+        r._thread.join(5)
+    return r
+
+
 def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped_encoder, caplog):
     """While another process (another worker, an ``add``) holds the catalogue's law-fit lease,
     every worker shows that fit's progress under ``refitting`` and refuses a second fit with 409;
     a background refit that meets it leaves the fit to it without recording an error."""
-    from melodyguard.api.jobs import LawRefitter
     from melodyguard.errors import LawFitBusyError
 
     path, _, keys = api_env
@@ -461,10 +471,7 @@ def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped
     def busy_fit(cat, *, progress):
         raise LawFitBusyError("another process is fitting this catalogue's chance law")
 
-    r = LawRefitter("cat", busy_fit, lambda c: True)
-    with caplog.at_level(logging.INFO, logger="melodyguard.api"):
-        assert r.poke() is True
-        r._thread.join(5)
+    r = _refit_once(busy_fit, caplog)
     assert r.fits == 0 and r.last_error is None and r.status() is None
     assert "refit left to the other fit: another process is fitting" in caplog.text  # the server's log says so
 
@@ -544,10 +551,7 @@ def test_law_refitter_runs_one_fit_and_stops_cleanly(caplog):
     def broken_fit(cat, *, progress):
         raise RuntimeError("work 7 was deleted")
 
-    r = LawRefitter("cat", broken_fit, lambda c: True)
-    with caplog.at_level(logging.INFO, logger="melodyguard.api"):
-        assert r.poke() is True
-        r._thread.join(5)
+    r = _refit_once(broken_fit, caplog)
     assert r.fits == 0 and r.last_error == "RuntimeError: work 7 was deleted"
     warned = [x for x in caplog.records if x.levelno == logging.WARNING]
     assert len(warned) == 1 and "refit failed (RuntimeError: work 7 was deleted)" in warned[0].getMessage()
