@@ -259,7 +259,7 @@ class _Lease:
             self._claim = None  # not ours: nothing to release
             note = other.get("note") or {}
             raise LawFitBusyError(
-                f"another process is fitting this catalogue's chance law (pid {other.get('pid')} on "
+                f"another fit of this catalogue's chance law is under way (pid {other.get('pid')} on "
                 f"{other.get('host')}, {note.get('done', '?')} of {note.get('total', '?')} decoys checked); "
                 "its law is stored when it finishes", holder=other)
         self._renewed = now

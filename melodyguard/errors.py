@@ -17,7 +17,7 @@
      │    ├── DuplicateWorkError      the same source file (sha256) is already registered
      │    ├── WorkNotFoundError
      │    ├── EmptyCatalogueError     a check against a catalogue without works
-     │    └── LawFitBusyError         another process is fitting the catalogue's chance law
+     │    └── LawFitBusyError         another fit of the catalogue's chance law is under way
      └── ConfigError                  a setting that cannot work
 
 The library never raises HTTP errors: only ``melodyguard.api`` maps these to status codes.
@@ -120,9 +120,9 @@ class EmptyCatalogueError(CatalogueError):
 
 
 class LawFitBusyError(CatalogueError):
-    """Another process (a server worker, an ``add``) is fitting the catalogue's chance law; its
-    law is stored when it finishes. ``holder`` is that fit's lease record (pid, host, since,
-    progress)."""
+    """Another fit of the catalogue's chance law is under way (in a server worker, an ``add``,
+    another thread); its law is stored when it finishes. ``holder`` is that fit's lease record
+    (pid, host, since, progress)."""
 
     def __init__(self, message: str, *, holder: dict[str, object] | None = None) -> None:
         super().__init__(message)

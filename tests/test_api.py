@@ -469,11 +469,11 @@ def test_a_law_fit_in_another_process_shows_and_blocks_a_second(api_env, shipped
         other.close()
 
     def busy_fit(cat, *, progress):
-        raise LawFitBusyError("another process is fitting this catalogue's chance law")
+        raise LawFitBusyError("another fit of this catalogue's chance law is under way")
 
     r = _refit_once(busy_fit, caplog)
     assert r.fits == 0 and r.last_error is None and r.status() is None
-    assert "refit left to the other fit: another process is fitting" in caplog.text  # the server's log says so
+    assert "refit left to the other fit: another fit of this catalogue" in caplog.text  # the server's log says so
 
 
 def _wait_refit(c, key, timeout=120.0):

@@ -342,7 +342,7 @@ def test_one_law_fit_at_a_time_across_processes(stock_catalogue, shipped_encoder
         wid = cat.add_melodies([{"melody": stock_tune(np.random.default_rng(99)), "sha256": "extra"}])[0].id
         assert main(["remove", str(wid), "--catalogue", str(stock_catalogue)]) == EXIT_OK
         out = capsys.readouterr()
-        assert "calibrate: skipped: another process is fitting" in out.err
+        assert "calibrate: skipped: another fit of this catalogue's chance law is under way" in out.err
         assert json.loads(out.out.strip().splitlines()[-1])["law"] == {"source": "shipped", "factor": 1.0}
         holder.stdin.write("\n")
         holder.stdin.flush()
