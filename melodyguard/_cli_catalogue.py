@@ -296,7 +296,7 @@ def _setup_check(p: argparse.ArgumentParser) -> None:
 def describe(rep: dict[str, Any], *, all_matches: bool = False) -> str:
     """One plain-language paragraph for a report: every ``review`` or ``block`` match, then one
     line for the weaker candidates (each of them too with ``all_matches``)."""
-    from .evidence import match_sentence
+    from .evidence import match_sentence, short_query_note
 
     q = rep["query"]
     lines = [f"{q.get('path', '<query>')}: {rep['verdict'].upper()} ({q['n_notes']} notes)"]
@@ -315,6 +315,9 @@ def describe(rep: dict[str, Any], *, all_matches: bool = False) -> str:
                      f"--all-matches, --json or --html list {'them' if len(weak) > 1 else 'it'}")
     if not rep["matches"]:
         lines.append("  no candidate matches")
+    note = short_query_note(rep)
+    if note is not None:
+        lines.append(f"  note: {note}")
     return "\n".join(lines)
 
 

@@ -26,6 +26,19 @@ def bar_span(bars: Sequence[int]) -> str:
     return f"bar {bars[0]}" if bars[0] == bars[1] else f"bars {bars[0]}-{bars[1]}"
 
 
+def short_query_note(report: dict[str, Any]) -> str | None:
+    """For a ``clear`` report whose query even an unedited copy could not bring to the review
+    threshold (``query.exact_copy_evalue``): the sentence saying so, else None."""
+    q = report["query"]
+    review = report.get("thresholds", {}).get("review_evalue")
+    exact = q.get("exact_copy_evalue")
+    if report["verdict"] != "clear" or not review or exact is None or exact <= review:
+        return None
+    return (f"too short to judge here: even an unedited copy of these {q['n_notes']} notes would score E {exact:.3g} "
+            f"in this catalogue, above review's {review:g}; 'clear' means cannot tell, not no copy (about 16 notes "
+            "are needed: README, 'How short a copy can be')")
+
+
 def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool = True) -> str:
     """E.g. "bars 9-12 of the query match bars 1-4 of 'The Kesh' (owner: X), transposed +3, 18 of 20 notes"."""
     w = match["work"]
@@ -232,6 +245,9 @@ def render_html(report: dict[str, Any], pictures: Sequence[str | bytes | None], 
         f"<p>Checked against {n_works} works. Thresholds: review at E ≤ {report['thresholds']['review_evalue']:g}, "
         f"block at E ≤ {report['thresholds']['block_evalue']:g}. Report schema {e(report['schema'])}.</p>",
     ]
+    note = short_query_note(report)
+    if note is not None:
+        parts.append(f"<p class='note'><b>Note:</b> {e(note)}.</p>")
     if not report["matches"]:
         parts.append("<p>No candidate matches.</p>")
     for m, pic in zip(report["matches"], pictures):

@@ -32,6 +32,11 @@ class TrackChecked(_Strict):
 
 class Query(_Strict):
     n_notes: int = Field(description="notes of the melody compared")
+    exact_copy_evalue: float | None = Field(
+        None, description="the E-value an unedited copy of the whole query would get in this catalogue (every "
+                          "note matched, at the query's own note weights; for several lines the best line's, "
+                          "corrected as its matches are): above review_evalue, the query is too short or too "
+                          "plain to be flagged here, so 'clear' means 'cannot tell', not 'no copy'")
     duration_seconds: float
     duration_beats: float
     path: str | None = Field(None, description="the file name as given (API: the upload's name)")

@@ -13,6 +13,7 @@ from conftest import (
     make_catalogue_melodies,
     melody_midi,
     random_melody,
+    two_line_midi,
 )
 
 from melodyguard import Catalogue, Melody, check_file, check_melody, cli
@@ -100,6 +101,43 @@ def test_check_text_lists_flagged_matches_and_sums_up_the_rest(small_catalogue, 
     assert describe(quiet).splitlines()[1].startswith("  nothing reaches the review threshold (E <= 0.0001); ")
     assert cli.main(["check", str(q), "--all-matches", "--catalogue", str(cat.path)]) == cli.EXIT_BLOCK
     assert capsys.readouterr().out.count("[clear]") == len(weak)
+
+
+def test_reports_say_what_an_unedited_copy_of_the_query_would_score(small_catalogue, tmp_path):
+    """``query.exact_copy_evalue`` is what an unedited copy of the whole query scores here: an
+    unedited whole copy's match scores that (or a little worse, for stock material), shorter
+    queries can do less, and a ``clear`` report of a query that even a copy could not flag says
+    'cannot tell' in the text and the HTML page; a flagged one, or one that could be flagged, does not."""
+    from melodyguard._cli_catalogue import describe
+    from melodyguard.evidence import short_query_note
+    from melodyguard.schema import validate_report
+
+    cat, mels = small_catalogue
+    src = mels[5]
+    whole = check_melody(Melody.from_notes(src.pitches + 3, src.onsets_beats, src.durations_beats), cat)
+    exact, top = whole["query"]["exact_copy_evalue"], whole["matches"][0]
+    assert whole["verdict"] == "block" and top["work"]["title"] == "tune 5"
+    assert exact <= top["score"]["evalue"] <= 2 * exact  # the estimate is what a copy gets
+    validate_report(whole)
+    short = {n: check_melody(Melody.from_notes(src.pitches[:n], src.onsets_beats[:n] - src.onsets_beats[0],
+                                               src.durations_beats[:n]), cat)["query"]["exact_copy_evalue"]
+             for n in (8, 12, 20)}
+    assert exact < short[20] < short[12] < short[8]
+    assert short_query_note(whole) is None  # flagged
+    review = whole["thresholds"]["review_evalue"]
+    could = dict(whole, verdict="clear", matches=[], query={**whole["query"], "exact_copy_evalue": review / 10})
+    assert short_query_note(could) is None and "note:" not in describe(could)  # could have been flagged
+    cannot = dict(could, query={**could["query"], "exact_copy_evalue": 0.3})
+    assert "too short to judge here" in describe(cannot).splitlines()[-1] and "E 0.3 " in describe(cannot)
+    page = tmp_path / "r.html"
+    write_html_report(cannot, cat, page)
+    assert "too short to judge here" in page.read_text()
+    # several lines: the best line's, corrected as its matches are
+    notes = [(m.pitches, m.onsets_beats, m.durations_beats) for m in (mels[1], mels[2])]
+    rep = check_file(two_line_midi(*notes), cat, filename="two.mid")
+    lines = rep["query"]["tracks_checked"]
+    assert len(lines) == 2 and rep["query"]["exact_copy_evalue"] > 0
+    validate_report(rep)
 
 
 def test_check_html_cli(small_catalogue, tmp_path, monkeypatch, capsys):
