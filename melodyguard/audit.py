@@ -3,7 +3,7 @@
 Output folder of :func:`run_audit`::
 
     results.jsonl     one JSON report per file (the detection report schema), or an error record
-    summary.csv       file, verdict, top work, E-value, segments
+    summary.csv       file, verdict, top work, E-value, segments, error, too_short_to_judge
     report.html       files ranked by risk, linking each flagged file's evidence page
     evidence/*.html   one evidence page per file with a match
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from ._interrupt import sigint_as_flag
 from .errors import InvalidInputError, MelodyGuardError
-from .evidence import _CSS, bar_span, write_html_report
+from .evidence import _CSS, bar_span, short_query_note, write_html_report
 
 __all__ = ["collect_files", "run_audit", "self_audit", "write_summary"]
 
@@ -222,7 +222,14 @@ def _run_audit_locked(
     counts: dict[str, int] = {}
     for r in ordered:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"files": len(files), "checked_now": len(todo), "done": len(ordered), "verdicts": counts}
+    return {"files": len(files), "checked_now": len(todo), "done": len(ordered), "verdicts": counts,
+            "too_short_to_judge": sum(too_short(r) for r in ordered)}
+
+
+def too_short(report: dict[str, Any]) -> bool:
+    """A ``clear`` report of a query too short to be flagged in its catalogue
+    (:func:`~melodyguard.evidence.short_query_note`): 'cannot tell', not 'no copy'."""
+    return "query" in report and "verdict" in report and short_query_note(report) is not None
 
 
 def _segments_text(m: dict[str, Any]) -> str:
@@ -264,11 +271,13 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
     )
     with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["file", "verdict", "top_work_id", "top_work_title", "evalue", "segments", "error"])
+        w.writerow(["file", "verdict", "top_work_id", "top_work_title", "evalue", "segments", "error",
+                    "too_short_to_judge"])
         for r in reports:
             m = r["matches"][0] if r.get("matches") else None
             w.writerow([r["query"]["path"], r["verdict"], m["work"]["id"] if m else "", m["work"]["title"] if m else "",
-                        m["score"]["evalue"] if m else "", _segments_text(m) if m else "", r.get("error", "")])
+                        m["score"]["evalue"] if m else "", _segments_text(m) if m else "", r.get("error", ""),
+                        "yes" if too_short(r) else ""])
     cat = None
     if html_evidence and catalogue_dir is not None and any(r["verdict"] in ("block", "review") for r in reports):
         from .index import Catalogue

@@ -262,6 +262,7 @@ def test_audits_files_zip_and_results(api_env):
         assert reps[2]["verdict"] == "error" and "corrupt" in reps[2]["error"]
         csv = c.get(f"/v1/audits/{job}/results?format=csv", headers=H(keys["screener"])).text.splitlines()
         assert csv[0].startswith("index,file,verdict") and len(csv) == 4 and ",block," in csv[1]
+        assert csv[0].endswith(",too_short_to_judge") and all(row.count(",") == 12 for row in csv[1:3])
         # another tenant cannot see it
         assert c.get(f"/v1/audits/{job}", headers=H(keys["acme"])).status_code == 404
         assert c.get(f"/v1/audits/{job}/results", headers=H(keys["beta"])).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -188,6 +189,30 @@ def test_audit_resumes_to_the_same_results(small_catalogue, tmp_path, rng):
     assert f"10 files, ranked by risk: <span class='verdict block'>{n['block']} block</span>" in html
     assert f"{n['clear']} clear</span>, <span class='verdict error'>1 error</span>" in html
     assert len(list((tmp_path / "part" / "evidence").glob("*.html"))) == 4
+
+
+def test_audit_marks_clear_files_too_short_to_judge(tmp_path, shipped_encoder):
+    """An audit's summary.csv says which clear files were too short to be flagged at all
+    (``too_short_to_judge``), and its return value counts them; a copy long enough is not marked.
+    (In a catalogue of 300 works an unedited 8-note copy cannot reach the review threshold.)"""
+    import csv
+
+    mels = make_catalogue_melodies(np.random.default_rng(17), 300, 60)
+    cat = Catalogue(tmp_path / "cat", encoder=shipped_encoder)
+    cat.add_melodies([{"melody": m, "sha256": f"w{i}", "title": f"tune {i}"} for i, m in enumerate(mels)])
+    src = mels[4]
+    (tmp_path / "long.mid").write_bytes(melody_midi(src.pitches + 2, src.onsets_beats, src.durations_beats))
+    (tmp_path / "hook.mid").write_bytes(melody_midi(src.pitches[:8], src.onsets_beats[:8] - src.onsets_beats[0],
+                                                    src.durations_beats[:8]))
+    res = run_audit([tmp_path / "long.mid", tmp_path / "hook.mid"], cat.path, tmp_path / "out", progress=False)
+    with open(tmp_path / "out" / "summary.csv", newline="") as fh:
+        rows = {os.path.basename(r["file"]): r for r in csv.DictReader(fh)}
+    reps = {os.path.basename(json.loads(x)["query"]["path"]): json.loads(x)
+            for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
+    assert rows["long.mid"]["verdict"] == "block" and rows["long.mid"]["too_short_to_judge"] == ""
+    hook = reps["hook.mid"]
+    assert hook["verdict"] == "clear" and hook["query"]["exact_copy_evalue"] > hook["thresholds"]["review_evalue"]
+    assert rows["hook.mid"]["too_short_to_judge"] == "yes" and res["too_short_to_judge"] == 1
 
 
 def test_audit_collects_folders_and_manifest(tmp_path, rng):

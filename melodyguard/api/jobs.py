@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .._sqlite import ThreadConnections
+from ..audit import too_short
 from ..errors import InvalidInputError, LawFitBusyError, MelodyGuardError
 
 __all__ = ["JobStore", "JobWorker", "LawRefitter", "results_csv"]
@@ -160,17 +161,19 @@ def results_csv(reports: Iterator[dict[str, Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["index", "file", "verdict", "work_id", "title", "owner", "evalue", "query_bars", "reference_bars",
-                "transposition", "tempo_ratio", "error"])
+                "transposition", "tempo_ratio", "error", "too_short_to_judge"])
     for rep in reports:
         m = rep.get("matches", [None])[0] if rep.get("matches") else None
+        short = "yes" if too_short(rep) else ""
         if m:
             s = m["segments"][0]
             w.writerow([rep["file"]["index"], rep["file"]["name"], rep["verdict"], m["work"]["id"], m["work"]["title"],
                         m["work"]["owner"], m["score"]["evalue"], "-".join(map(str, s["query"]["bars"])),
-                        "-".join(map(str, s["reference"]["bars"])), m["transposition_semitones"], m["tempo_ratio"], ""])
+                        "-".join(map(str, s["reference"]["bars"])), m["transposition_semitones"], m["tempo_ratio"], "",
+                        short])
         else:
             w.writerow([rep["file"]["index"], rep["file"]["name"], rep["verdict"], "", "", "", "", "", "", "", "",
-                        rep.get("error", "")])
+                        rep.get("error", ""), short])
     return buf.getvalue()
 
 
