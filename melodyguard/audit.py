@@ -223,13 +223,7 @@ def _run_audit_locked(
     for r in ordered:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     return {"files": len(files), "checked_now": len(todo), "done": len(ordered), "verdicts": counts,
-            "too_short_to_judge": sum(too_short(r) for r in ordered)}
-
-
-def too_short(report: dict[str, Any]) -> bool:
-    """A ``clear`` report of a query too short to be flagged in its catalogue
-    (:func:`~melodyguard.evidence.short_query_note`): 'cannot tell', not 'no copy'."""
-    return "query" in report and "verdict" in report and short_query_note(report) is not None
+            "too_short_to_judge": sum(short_query_note(r) is not None for r in ordered)}
 
 
 def _segments_text(m: dict[str, Any]) -> str:
@@ -277,7 +271,7 @@ def write_summary(reports: Sequence[dict[str, Any]], out: Path, *, catalogue_dir
             m = r["matches"][0] if r.get("matches") else None
             w.writerow([r["query"]["path"], r["verdict"], m["work"]["id"] if m else "", m["work"]["title"] if m else "",
                         m["score"]["evalue"] if m else "", _segments_text(m) if m else "", r.get("error", ""),
-                        "yes" if too_short(r) else ""])
+                        "yes" if short_query_note(r) is not None else ""])
     cat = None
     if html_evidence and catalogue_dir is not None and any(r["verdict"] in ("block", "review") for r in reports):
         from .index import Catalogue

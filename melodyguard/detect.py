@@ -362,8 +362,7 @@ def check_melody(
         q_prep.append(side_v)
     # What an unedited copy of the whole query would score here: every note matched, pitch and
     # rhythm, at its own weight. Above the review threshold, hardly any match can flag this query.
-    scoring_ = q_prep[0].scoring
-    exact_e = cal.evalue(float((scoring_.equal + scoring_.rhythm_hit) * q_prep[0].weight.sum()), len(melody), N
+    exact_e = cal.evalue(float((scoring.equal + scoring.rhythm_hit) * q_prep[0].weight.sum()), len(melody), N
                          ) * len(q_side) * law_factor
     if hasattr(catalogue, "prefetch"):
         catalogue.prefetch(ranked)

@@ -28,11 +28,12 @@ def bar_span(bars: Sequence[int]) -> str:
 
 def short_query_note(report: dict[str, Any]) -> str | None:
     """For a ``clear`` report whose query even an unedited copy could not bring to the review
-    threshold (``query.exact_copy_evalue``): the sentence saying so, else None."""
-    q = report["query"]
+    threshold (``query.exact_copy_evalue``): the sentence saying so, else None (also for error
+    records)."""
+    q = report.get("query") or {}
     review = report.get("thresholds", {}).get("review_evalue")
     exact = q.get("exact_copy_evalue")
-    if report["verdict"] != "clear" or not review or exact is None or exact <= review:
+    if report.get("verdict") != "clear" or not review or exact is None or exact <= review:
         return None
     return (f"too short to judge here: even an unedited copy of these {q['n_notes']} notes would score E {exact:.3g} "
             f"in this catalogue, above review's {review:g}; 'clear' means cannot tell, not no copy (about 16 notes "

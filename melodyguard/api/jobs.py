@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .._sqlite import ThreadConnections
-from ..audit import too_short
 from ..errors import InvalidInputError, LawFitBusyError, MelodyGuardError
+from ..evidence import short_query_note
 
 __all__ = ["JobStore", "JobWorker", "LawRefitter", "results_csv"]
 
@@ -164,7 +164,7 @@ def results_csv(reports: Iterator[dict[str, Any]]) -> str:
                 "transposition", "tempo_ratio", "error", "too_short_to_judge"])
     for rep in reports:
         m = rep.get("matches", [None])[0] if rep.get("matches") else None
-        short = "yes" if too_short(rep) else ""
+        short = "yes" if short_query_note(rep) is not None else ""
         if m:
             s = m["segments"][0]
             w.writerow([rep["file"]["index"], rep["file"]["name"], rep["verdict"], m["work"]["id"], m["work"]["title"],

@@ -451,7 +451,7 @@ class Catalogue:
             held = _lease_record(row[0]) if row else None
             if held is not None and held["holder"] != holder and held["until"] > now:
                 return held
-            since = held["since"] if held is not None and held["holder"] == holder else now
+            since = held.get("since", now) if held is not None and held["holder"] == holder else now
             rec = {"holder": holder, "pid": os.getpid(), "host": socket.gethostname(), "since": since,
                    "until": now + float(seconds), "note": note or {}}
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(rec, sort_keys=True)))
