@@ -227,10 +227,11 @@ def _run_audit_locked(
 
 
 def _segments_text(m: dict[str, Any]) -> str:
+    mode = m.get("other_mode")
     return "; ".join(
         f"query {bar_span(s['query']['bars'])} ~ ref {bar_span(s['reference']['bars'])}"
         for s in m["segments"]
-    )
+    ) + (f" (in the other mode: ref {mode['reference_key']}, copy {mode['matched_in']})" if mode else "")
 
 
 def _check_settings(out: Path, settings: dict[str, Any], *, resuming: bool) -> None:

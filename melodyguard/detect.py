@@ -69,6 +69,7 @@ from .align import (
     note_iois,
     prepare_notes,
 )
+from .augment import change_mode, estimate_key
 from .config import DEFAULT_MIN_NOTES
 from .decoys import catalogue_law, law_summary
 from .errors import InvalidInputError, MelodyTooShortError
@@ -128,6 +129,11 @@ class DetectConfig:
     #: works, do not vote for candidates (the second bounds a query's cost in large catalogues)
     figure_max_df: float = FIGURE_MAX_DF
     figure_max_works: int = FIGURE_MAX_WORKS
+    #: Also align each candidate in its other mode (major <-> minor in its estimated key,
+    #: :func:`melodyguard.augment.change_mode`), since a copy may change the mode. The share of
+    #: the false-alarm budget that hypothesis gets (0: off): a weighted Bonferroni correction,
+    #: E = min(E_same / (1 - w), E_other / w).
+    other_mode_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.block_evalue <= self.review_evalue:
@@ -140,6 +146,8 @@ class DetectConfig:
             raise InvalidInputError("figure_candidates and shift_diagonal must be >= 0, figure_max_works >= 1")
         if self.deletion_max_notes < 0 or not 0 < self.deletion_short <= 1:
             raise InvalidInputError("deletion_max_notes must be >= 0 and deletion_short in (0, 1]")
+        if not 0 <= self.other_mode_weight < 1:
+            raise InvalidInputError(f"other_mode_weight must be in [0, 1); got {self.other_mode_weight}")
         if not 0 < self.figure_max_df <= 1:
             raise InvalidInputError(f"figure_max_df must be in (0, 1]; got {self.figure_max_df}")
 
@@ -366,6 +374,7 @@ def check_melody(
                          ) * len(q_side) * law_factor
     if hasattr(catalogue, "prefetch"):
         catalogue.prefetch(ranked)
+    w_other = config.other_mode_weight
     shifted: list[tuple[Any, ...]] = []  # (E at the best shift, candidate rank, work, ...)
     for rank, w in enumerate(ranked):
         hw = hits[w]
@@ -379,27 +388,33 @@ def check_melody(
         # Window medians give a noisy tempo ratio; copies mostly keep the beat (x1) or halve or
         # double it, so the snapped ratio and x1 are tried as well.
         ratios = sorted({round(ratio, 4), 2.0 ** round(math.log2(max(ratio, 1e-6))), 1.0})
+        best_ref = ref
         for v, (qm, qmap, q_ioi) in enumerate(q_side):
-            rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, scoring)
-            pairs = [(tr, rt) for tr in transpositions for rt in ratios]
-            if config.shift_hashing:
-                pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1, diagonal=config.shift_diagonal)
-                          if x not in pairs]
-            # Score every shift in one pass; align (with traceback and further segments) only
-            # at the best one -- the same choice as aligning at each, several times cheaper.
-            sc = best_scores_sides(q_prep[v], r_prep, shifts=pairs).tolist()
-            top_sc = max(sc, default=0.0)
-            if top_sc <= 0:
-                continue
-            k = sc.index(top_sc)  # the first of equal scores, as before
-            # times the number of views: the smallest of several E-values is corrected for the choice
-            e_v = cal.evalue(top_sc, len(qm), N, collapsed=v > 0) * len(q_side) * law_factor
-            if e_v < best_e:
-                best_e, best_v = e_v, v
-                best_pair = pairs[k]
-                view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi, q_prep[v], r_prep)
+            # The candidate as it is and, when on, in its other mode; each hypothesis carries its
+            # share of the false-alarm budget (weighted Bonferroni).
+            for other in (False, True)[: 2 if w_other else 1]:
+                r_melody, rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, scoring,
+                                                                    in_other_mode=other)
+                pairs = [(tr, rt) for tr in transpositions for rt in ratios]
+                if config.shift_hashing:
+                    pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1, diagonal=config.shift_diagonal)
+                              if x not in pairs]
+                # Score every shift in one pass; align (with traceback and further segments) only
+                # at the best one -- the same choice as aligning at each, several times cheaper.
+                sc = best_scores_sides(q_prep[v], r_prep, shifts=pairs).tolist()
+                top_sc = max(sc, default=0.0)
+                if top_sc <= 0:
+                    continue
+                k = sc.index(top_sc)  # the first of equal scores, as before
+                # times the number of views: the smallest of several E-values is corrected for the choice
+                e_v = (cal.evalue(top_sc, len(qm), N, collapsed=v > 0) * len(q_side) * law_factor
+                       / (w_other if other else 1.0 - w_other))
+                if e_v < best_e:
+                    best_e, best_v, best_ref = e_v, v, r_melody
+                    best_pair = pairs[k]
+                    view_notes = (qm, qmap, q_ioi, rm, rmap, r_ioi, q_prep[v], r_prep)
         if np.isfinite(best_e):
-            shifted.append((best_e, rank, w, ref, best_pair, view_notes, best_v))
+            shifted.append((best_e, rank, w, best_ref, best_pair, view_notes, best_v))
     # Align (traceback, further segments) in order of the E-value at the best shift, a lower
     # bound of the final one (stock material and too few equal notes only raise it): once the
     # reported matches are all better than the next bound, no later candidate can displace one.
@@ -508,22 +523,40 @@ def _query_notes(alignments: list[Any], melody: Melody, ref: Melody, *, min_eq: 
     return np.unique(np.concatenate(keep))
 
 
-def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: Any,
-                    scoring: Scoring) -> tuple[Melody, np.ndarray, np.ndarray, Side]:
-    """A candidate's notes in one view (the notes, or their repeat-collapsed form), with the map
-    to its notes, IOIs and prepared alignment inputs (note weights included); kept by the catalogue
-    (:meth:`Catalogue.derived`) so that a work verified again is not prepared again."""
+def other_mode(m: Melody) -> Melody:
+    """The melody in its other mode (:func:`melodyguard.augment.change_mode`), its key noted in
+    ``info["key"]`` (as estimated, e.g. ``"A minor"``) and ``info["other_mode"]``."""
+    notes = (m.pitches, m.onsets_beats, m.durations_beats)
+    tonic, mode = estimate_key(notes)
+    name = f"{PITCH_CLASSES[tonic]} {mode}"
+    return replace(m, pitches=change_mode(notes)[0].astype(m.pitches.dtype),
+                   info={**m.info, "key": name, "other_mode": f"{PITCH_CLASSES[tonic]} {OTHER[mode]}"})
 
-    def make(m: Melody) -> tuple[Melody, np.ndarray, np.ndarray, Side]:
+
+PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+OTHER = {"major": "minor", "minor": "major"}
+
+
+def _reference_side(catalogue: Any, w: int, ref: Melody, view: int, background: Any, scoring: Scoring, *,
+                    in_other_mode: bool = False) -> tuple[Melody, Melody, np.ndarray, np.ndarray, Side]:
+    """A candidate's notes in one view (the notes, or their repeat-collapsed form), with the map
+    to its notes, IOIs and prepared alignment inputs (note weights included); with
+    ``in_other_mode`` all of it for the candidate in its other mode (:func:`other_mode`), whose
+    notes come first. Kept by the catalogue (:meth:`Catalogue.derived`) so that a work verified
+    again is not prepared again."""
+
+    def make(m: Melody) -> tuple[Melody, Melody, np.ndarray, np.ndarray, Side]:
+        if in_other_mode:
+            m = other_mode(m)
         rm, rmap = (m, np.arange(len(m))) if view == 0 else collapse_repeats(m)
         r_ioi, side = prepare_notes(rm.pitches, rm.onsets_beats, rm.durations_beats, background=background,
                                     scoring=scoring)
-        return rm, rmap, r_ioi, side
+        return m, rm, rmap, r_ioi, side
 
     if not hasattr(catalogue, "derived"):
         return make(ref)
-    side = catalogue.derived(w, ("verify", view, id(background)), make)
-    kept = side[3].scoring
+    side = catalogue.derived(w, ("verify", view, id(background), in_other_mode), make)
+    kept = side[4].scoring
     return side if kept is scoring or kept == scoring else make(ref)  # another calibration's: not reused
 
 
@@ -573,6 +606,10 @@ def _match_entry(melody: Melody, catalogue: Any, e: float, w: int, ref: Melody, 
         "stock": {"similar_works": similar, "is_stock": similar >= 3},
         # "repeats_joined": matched with runs of repeated notes joined on both sides (audio).
         "matched_as": "repeats_joined" if best_v else "notes",
+        # Matched against the reference in its other mode: its key as estimated, and the mode
+        # the copy's notes are in (matched_notes count equal pitches in that mode).
+        **({"other_mode": {"reference_key": ref.info["key"], "matched_in": ref.info["other_mode"]}}
+           if "other_mode" in ref.info else {}),
     }
 
 

@@ -56,6 +56,8 @@ def match_sentence(match: dict[str, Any], *, seconds: bool = False, beats: bool 
         f"(owner: {w['owner'] or 'unknown'}), transposed {match['transposition_semitones']:+d} "
         f"semitone{'' if abs(match['transposition_semitones']) == 1 else 's'}, "
         f"tempo x{match['tempo_ratio']:.2f}, {seg['matched_notes']} of {seg['aligned_notes']} notes"
+        + (f", in the other mode (the reference is in {match['other_mode']['reference_key']}; the copy's notes "
+           f"match it as {match['other_mode']['matched_in']})" if match.get("other_mode") else "")
     )
 
 

@@ -104,6 +104,11 @@ class TrackRef(_Strict):
     name: str
 
 
+class OtherMode(_Strict):
+    reference_key: str = Field(description="the reference's key as estimated (Krumhansl-Kessler), e.g. 'C major'")
+    matched_in: str = Field(description="the mode the copy's notes match: the reference's other mode, e.g. 'C minor'")
+
+
 class Match(_Strict):
     work: Work
     score: Score
@@ -114,6 +119,9 @@ class Match(_Strict):
     coverage: Coverage
     stock: Stock
     matched_as: Literal["notes", "repeats_joined"]
+    other_mode: OtherMode | None = Field(
+        None, description="present when the copy changed the mode: the reference was matched in its other mode "
+                          "(major <-> minor; matched_notes count equal pitches in that mode)")
     verdict: Verdict
     track: TrackRef | None = Field(None, description="--tracks all: the line of the query this match is in")
 

@@ -39,7 +39,7 @@ from melodyguard.align import (  # noqa: E402
     is_near_duplicate,
     note_iois,
 )
-from melodyguard.augment import augment  # noqa: E402
+from melodyguard.augment import UNSEEN_EDITS, augment, unseen_edit  # noqa: E402
 from melodyguard.config import DEFAULT_MIN_NOTES  # noqa: E402
 from melodyguard.corpus import (  # noqa: E402
     DEFAULT_COLLECTIONS,
@@ -259,16 +259,19 @@ def make_queries(cat_tunes, hosts, *, n: int, rng, decoy_hosts=None) -> list[dic
     return queries
 
 
-def _partials(cat_tunes, hosts, src_idx, *, rng, kind: str) -> list[dict[str, Any]]:
+def _partials(cat_tunes, hosts, src_idx, *, rng, kind: str, levels=PARTIAL_LEVELS,
+              edit=lambda notes, level, rng: augment(notes, level, rng=rng)) -> list[dict[str, Any]]:
+    """Partial copies: a 12-24-note excerpt of each source, edited by ``edit(notes, level, rng)``
+    for each of ``levels``, inserted into a random host."""
     queries = []
-    for level in PARTIAL_LEVELS:
+    for level in levels:
         for i in src_idx:
             p, o, d = notes_of(cat_tunes[i].melody)
             ln = int(rng.integers(12, 25))
             if len(p) < ln:
                 continue
             s = int(rng.integers(0, len(p) - ln + 1))
-            ex = augment((p[s:s + ln], o[s:s + ln] - o[s], d[s:s + ln]), level, rng=rng)
+            ex = edit((p[s:s + ln], o[s:s + ln] - o[s], d[s:s + ln]), level, rng)
             host_tune = hosts[int(rng.integers(len(hosts)))]
             hp, ho, hd = notes_of(host_tune.melody)
             k = int(rng.integers(0, len(hp) + 1))
@@ -734,6 +737,94 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
                                                                         bl_neg), 4),
                 })
                 print(json.dumps(res["rows"][-1]), flush=True)
+        cat.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def edit_kinds(level: str) -> Any:
+    """The edit of a row of the ``edits`` section: a training level of :mod:`melodyguard.augment`
+    or one of its :data:`~melodyguard.augment.UNSEEN_EDITS`."""
+    if level in UNSEEN_EDITS:
+        return lambda notes, rng: unseen_edit(notes, level, rng=rng)
+    return lambda notes, rng: augment(notes, level, rng=rng)
+
+
+def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline_queries: int, seed: int,
+                  index_kind: str, law: str = "shipped") -> dict[str, Any]:
+    """Copies disguised by edits the weights never trained on (:data:`UNSEEN_EDITS`: a change of
+    mode, swing, split and merged notes, grace notes, a humanized performance), next to the
+    training level ``light`` in the same run: ``n`` whole copies and ``n`` partial copies (a
+    12-24-note excerpt inserted into a held-out tune played backwards, and into a real held-out
+    tune) per edit. TPR@1%FPR is against the held-out tunes played backwards (whole copies and
+    backwards hosts); the baseline scores the first ``baseline_queries`` of each row."""
+    from melodyguard.decoys import fit_catalogue_law
+    from melodyguard.detect import check_melody
+
+    rng = np.random.default_rng(seed)
+    hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
+    hosts, dropped = drop_near_duplicates(hosts, cat_tunes)
+    decoys = [SimpleNamespace(melody=retrograde(h.melody), key="backwards:" + h.key) for h in hosts]
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-edits-"))
+    res: dict[str, Any] = {"catalogue_works": len(cat_tunes), "rows": [], "negatives_dropped_as_duplicates": dropped}
+    try:
+        cat, _ = build_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind)
+        res["law_factor"] = fit_catalogue_law(cat, seed=seed).factor if law == "catalogue" else 1.0
+        sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
+        wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
+        cat_notes = [interval_notes(t.melody) for t in cat_tunes]
+        align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
+        check_melody(cat_tunes[0].melody, cat)  # warm-up
+        dec_scores, dec_verdicts = best_scores([h.melody for h in decoys], cat)
+        res["backwards_negatives"] = {"n": len(decoys),
+                                      "flagged": round(float(np.mean([v != "clear" for v in dec_verdicts])), 4)}
+        bl_dec = np.asarray([baseline_scores(h.melody, cat_notes).max() for h in decoys[:baseline_queries]])
+        src_idx = rng.choice(len(cat_tunes), size=min(n, len(cat_tunes)), replace=False)
+        for level in ("light",) + UNSEEN_EDITS:
+            edit = edit_kinds(level)
+            whole: list[dict[str, Any]] = []
+            for i in src_idx:
+                q = edit(notes_of(cat_tunes[int(i)].melody), rng)
+                if len(q[0]) >= DEFAULT_MIN_NOTES:
+                    whole.append({"kind": "whole", "source": int(i), "melody": to_melody(q)})
+            rows: dict[str, list[dict[str, Any]]] = {"whole": whole}
+            for kind, hs in (("partial, backwards host", decoys), ("partial, real host", hosts)):
+                rows[kind] = _partials(cat_tunes, hs, src_idx, rng=rng, kind=kind, levels=(level,),
+                                       edit=lambda notes, _level, r, f=edit: f(notes, r))
+            for kind, qs in rows.items():
+                mark_verbatim_holders(cat_tunes, qs)
+                for q in qs:
+                    rep = check_melody(q["melody"], cat)
+                    ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
+                    sc = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in rep["matches"]])
+                    q["score"] = float(sc[ranks.index(q["source"])]) if q["source"] in ranks else -10.0
+                    q["r1"], q["rr"] = tie_aware(sc, q["score"]) if q["source"] in ranks else (0.0, 0.0)
+                    q["r1_dup"] = dups_as_one(sc, ranks, q["holders"])[0]
+                    q["verdict"] = rep["verdict"]
+                sub = qs[:baseline_queries]
+                bl = [baseline_scores(q["melody"], cat_notes) for q in sub]
+                scores = np.array([q["score"] for q in qs])
+                backwards = kind != "partial, real host"
+                row = {
+                    "edit": level, "kind": kind, "queries": len(qs),
+                    "recall@1": round(float(np.mean([q["r1"] for q in qs])), 4),
+                    "mrr": round(float(np.mean([q["rr"] for q in qs])), 4),
+                    "recall@1_dups_as_one": round(float(np.mean([q["r1_dup"] for q in qs])), 4),
+                    "flagged": round(float(np.mean([q["verdict"] != "clear" for q in qs])), 4),
+                    "block": round(float(np.mean([q["verdict"] == "block" for q in qs])), 4),
+                    "paired_queries": len(sub),
+                    "ours_recall@1_dups_as_one_paired": round(float(np.mean([q["r1_dup"] for q in sub])), 4),
+                    "baseline_recall@1_dups_as_one": round(float(np.mean(
+                        [dups_as_one(b, list(range(len(b))), q["holders"])[0] for b, q in zip(bl, sub)])), 4),
+                }
+                if backwards:
+                    row["tpr@1%fpr"] = round(tpr_at_fpr(scores, dec_scores), 4)
+                    row["ours_tpr_paired"] = round(tpr_at_fpr(scores[:len(sub)], dec_scores[:baseline_queries]), 4)
+                    row["baseline_tpr@1%fpr"] = round(tpr_at_fpr(np.array([b[q["source"]] for b, q in zip(bl, sub)]),
+                                                                 bl_dec), 4)
+                res["rows"].append(row)
+                print(json.dumps(row), flush=True)
         cat.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1355,6 +1446,21 @@ def print_markdown(results: dict[str, Any]) -> None:
                  f"{r['baseline_recall@1_dups_as_one']:.3f}; {r['baseline_tpr@1%fpr_vs_backwards']:.3f}",
                  f"{r['ours_recall@1_dups_as_one_paired']:.3f}; {r['ours_tpr_paired']:.3f} (n={r['paired_queries']})"]
                 for r in d["rows"]])
+    for key in sorted(k for k in results if k.startswith("edits_")):
+        d = results[key]
+        _table(f"Edits the weights never trained on, catalogue of {d['catalogue_works']} {kind} works{pool} "
+               f"(law x{d['law_factor']:.3g}; backwards negatives flagged {d['backwards_negatives']['flagged']:.3f})",
+               ["edit", "copy", "n", "recall@1", "MRR", "dups as one", "flagged review or block", "block",
+                "TPR@1%FPR", "baseline (dups as one; TPR)", "ours on the same n"],
+               [[r["edit"], r["kind"], r["queries"], f"{r['recall@1']:.3f}", f"{r['mrr']:.3f}",
+                 f"{r['recall@1_dups_as_one']:.3f}", f"{r['flagged']:.3f}", f"{r['block']:.3f}",
+                 f"{r['tpr@1%fpr']:.3f}" if "tpr@1%fpr" in r else "—",
+                 f"{r['baseline_recall@1_dups_as_one']:.3f}; " + (f"{r['baseline_tpr@1%fpr']:.3f}"
+                                                                  if "baseline_tpr@1%fpr" in r else "—"),
+                 f"{r['ours_recall@1_dups_as_one_paired']:.3f}; " + (f"{r['ours_tpr_paired']:.3f}"
+                                                                     if "ours_tpr_paired" in r else "—")
+                 + f" (n={r['paired_queries']})"]
+                for r in d["rows"]])
     if "memorization" in results:
         d = results["memorization"]
         _table(f"Does the generator copy its training tunes? ({d['training_catalogue_works']} training works)",
@@ -1429,7 +1535,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = load_encoder(a.weights)
     # The other style is for detection and the null study only; every other section measures
     # the folk collections (loaded only when one asks for them).
-    other = [s for s in a.sections if s not in ("detect", "null", "hooks")]
+    other = [s for s in a.sections if s not in ("detect", "null", "hooks", "edits")]
     folk = load_corpus(splits=["heldout"], collections=HELDOUT_COLLECTIONS) if a.pool == "folk" or other else []
     if a.pool == "folk":
         pool = folk
@@ -1461,6 +1567,11 @@ def main(argv: list[str] | None = None) -> int:
     if "hooks" in a.sections:
         for size in a.sizes:
             results[f"hooks_{size}"] = hooks_section(enc, pool, size=size, n=a.queries, n_neg=a.negatives,
+                                                     baseline_queries=a.baseline_queries, seed=a.seed,
+                                                     index_kind=a.index_kind, law=a.law)
+    if "edits" in a.sections:
+        for size in a.sizes:
+            results[f"edits_{size}"] = edits_section(enc, pool, size=size, n=a.queries, n_neg=a.negatives,
                                                      baseline_queries=a.baseline_queries, seed=a.seed,
                                                      index_kind=a.index_kind, law=a.law)
     if "null" in a.sections:

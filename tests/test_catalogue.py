@@ -334,6 +334,48 @@ def test_a_second_copied_passage_is_reported_beside_the_variants_of_the_first(tm
     cat.close()
 
 
+def test_a_copy_in_the_other_mode_is_matched_in_that_mode(catalogue):
+    """A copy that changes the mode (major <-> minor in the reference's estimated key) is matched
+    against the reference in its other mode, says so, and scores far better than without that
+    hypothesis; an unedited copy keeps its mode and pays only the hypothesis's share of the budget."""
+    import dataclasses
+
+    from melodyguard.augment import change_mode, estimate_key
+    from melodyguard.detect import DEFAULT_DETECT, PITCH_CLASSES
+
+    cat, mels = catalogue
+    src = mels[3]
+    notes = (src.pitches, src.onsets_beats, src.durations_beats)
+    p, o, d = change_mode(notes)
+    assert (p != src.pitches).sum() >= 8
+    q = Melody.from_notes(p + 2, o, d)
+    rep = check_melody(q, cat)
+    top = rep["matches"][0]
+    tonic, mode = estimate_key(notes)
+    assert top["work"]["title"] == "tune 3" and rep["verdict"] == "block"
+    assert top["other_mode"] == {"reference_key": f"{PITCH_CLASSES[tonic]} {mode}",
+                                 "matched_in": f"{PITCH_CLASSES[tonic]} {'minor' if mode == 'major' else 'major'}"}
+    assert top["transposition_semitones"] == 2
+    assert top["segments"][0]["matched_notes"] == len(src)  # every note equal in the other mode
+    validate_report(rep)
+    from melodyguard.evidence import match_sentence
+
+    assert f"in the other mode (the reference is in {PITCH_CLASSES[tonic]} {mode}" in match_sentence(top)
+    from melodyguard.audit import _segments_text
+
+    assert _segments_text(top).endswith(f"(in the other mode: ref {top['other_mode']['reference_key']}, "
+                                        f"copy {top['other_mode']['matched_in']})")
+    off_cfg = dataclasses.replace(DEFAULT_DETECT, other_mode_weight=0.0)
+    off = [m for m in check_melody(q, cat, config=off_cfg)["matches"] if m["work"]["title"] == "tune 3"]
+    assert not off or ("other_mode" not in off[0] and off[0]["score"]["evalue"] > 1e6 * top["score"]["evalue"])
+    # An unedited copy: matched as it is, its E-value divided by 1 - w only.
+    same = check_melody(src, cat)["matches"][0]
+    same_off = check_melody(src, cat, config=off_cfg)["matches"][0]
+    assert "other_mode" not in same and same["work"]["title"] == "tune 3"
+    assert same["score"]["evalue"] == pytest.approx(same_off["score"]["evalue"] / (1 - DEFAULT_DETECT.other_mode_weight),
+                                                    rel=1e-3)
+
+
 def test_unrelated_melody_is_clear(catalogue):
     cat, _ = catalogue
     q = Melody.from_notes(*random_melody(np.random.default_rng(12345), 48))
@@ -1245,7 +1287,7 @@ def test_report_schema_is_documented_and_strict(catalogue, capsys):
 
 @pytest.mark.parametrize("bad", [{"block_evalue": 1e-3, "review_evalue": 1e-4}, {"k": 0}, {"figure_candidates": -1},
                                  {"shift_diagonal": -6}, {"figure_max_works": 0}, {"figure_max_df": 0.0},
-                                 {"figure_max_df": 1.5}])
+                                 {"figure_max_df": 1.5}, {"other_mode_weight": 1.0}, {"other_mode_weight": -0.1}])
 def test_detect_config_refuses_settings_that_make_no_sense(bad):
     from melodyguard.detect import DetectConfig
     from melodyguard.errors import InvalidInputError
