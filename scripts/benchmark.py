@@ -657,6 +657,24 @@ def _excerpt(tune, length: int, rng) -> tuple[int, tuple[np.ndarray, np.ndarray,
     return s0, (p[s0:s0 + length], o[s0:s0 + length] - o[s0], d[s0:s0 + length])
 
 
+def ready_catalogue(enc: Encoder, cat_tunes, path: Path, *, index_kind: str, law: str, seed: int,
+                    res: dict[str, Any]) -> tuple[Any, dict[int, int], list[tuple[np.ndarray, np.ndarray]]]:
+    """A section's catalogue of ``cat_tunes``, built, its own law fitted when ``law`` is
+    "catalogue" (``res["law_factor"]``), the baseline compiled and a check warmed up; also the map
+    from work ids to tune indices and the baseline's notes of every tune."""
+    from melodyguard.decoys import fit_catalogue_law
+    from melodyguard.detect import check_melody
+
+    cat, _ = build_catalogue(enc, cat_tunes, path, index_kind=index_kind)
+    res["law_factor"] = fit_catalogue_law(cat, seed=seed).factor if law == "catalogue" else 1.0
+    sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
+    wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
+    cat_notes = [interval_notes(t.melody) for t in cat_tunes]
+    align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
+    check_melody(cat_tunes[0].melody, cat)  # warm-up
+    return cat, wid_to_i, cat_notes
+
+
 def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline_queries: int, seed: int,
                   index_kind: str, law: str = "shipped") -> dict[str, Any]:
     """Short hooks checked on their own: how long a copied passage must be for a check to find
@@ -668,7 +686,6 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     Recall@1 counts ties at random and, as in the detection tables, also with every catalogue
     work that holds the copied notes verbatim as one answer (a short hook is often in several
     works). The baseline scores the same queries and decoys (the first ``baseline_queries``)."""
-    from melodyguard.decoys import fit_catalogue_law
     from melodyguard.detect import check_melody
 
     rng = np.random.default_rng(seed)
@@ -677,13 +694,8 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-hooks-"))
     res: dict[str, Any] = {"catalogue_works": len(cat_tunes), "rows": [], "negatives_dropped_as_duplicates": dropped}
     try:
-        cat, _ = build_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind)
-        res["law_factor"] = fit_catalogue_law(cat, seed=seed).factor if law == "catalogue" else 1.0
-        sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
-        wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
-        cat_notes = [interval_notes(t.melody) for t in cat_tunes]
-        align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
-        check_melody(cat_tunes[0].melody, cat)  # warm-up
+        cat, wid_to_i, cat_notes = ready_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind, law=law,
+                                                   seed=seed, res=res)
         for length in HOOK_LENGTHS:
             src_pool = [i for i, t in enumerate(cat_tunes) if len(t.melody) >= length]
             src_idx = rng.choice(src_pool, size=min(n, len(src_pool)), replace=False)
@@ -759,7 +771,6 @@ def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     12-24-note excerpt inserted into a held-out tune played backwards, and into a real held-out
     tune) per edit. TPR@1%FPR is against the held-out tunes played backwards (whole copies and
     backwards hosts); the baseline scores the first ``baseline_queries`` of each row."""
-    from melodyguard.decoys import fit_catalogue_law
     from melodyguard.detect import check_melody
 
     rng = np.random.default_rng(seed)
@@ -769,13 +780,8 @@ def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     tmp = Path(tempfile.mkdtemp(prefix="mg-bench-edits-"))
     res: dict[str, Any] = {"catalogue_works": len(cat_tunes), "rows": [], "negatives_dropped_as_duplicates": dropped}
     try:
-        cat, _ = build_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind)
-        res["law_factor"] = fit_catalogue_law(cat, seed=seed).factor if law == "catalogue" else 1.0
-        sha_to_i = {t.key: i for i, t in enumerate(cat_tunes)}
-        wid_to_i = {w.id: sha_to_i[w.sha256] for w in cat.works()}
-        cat_notes = [interval_notes(t.melody) for t in cat_tunes]
-        align_intervals(cat_notes[0][0], cat_notes[0][1], cat_notes[1][0], cat_notes[1][1])  # compile
-        check_melody(cat_tunes[0].melody, cat)  # warm-up
+        cat, wid_to_i, cat_notes = ready_catalogue(enc, cat_tunes, tmp / "cat", index_kind=index_kind, law=law,
+                                                   seed=seed, res=res)
         dec_scores, dec_verdicts = best_scores([h.melody for h in decoys], cat)
         res["backwards_negatives"] = {"n": len(decoys),
                                       "flagged": round(float(np.mean([v != "clear" for v in dec_verdicts])), 4)}
