@@ -675,6 +675,23 @@ def ready_catalogue(enc: Encoder, cat_tunes, path: Path, *, index_kind: str, law
     return cat, wid_to_i, cat_notes
 
 
+def score_queries(qs: list[dict[str, Any]], cat, cat_tunes, wid_to_i: dict[int, int]) -> None:
+    """Check each query of a hooks or edits row and set, besides ``holders``
+    (:func:`mark_verbatim_holders`), its source's -log10 E (``score``; -10 when not reported),
+    ``r1`` and ``rr`` (ties at random), ``r1_dup`` (duplicates as one) and ``verdict``."""
+    from melodyguard.detect import check_melody
+
+    mark_verbatim_holders(cat_tunes, qs)
+    for q in qs:
+        rep = check_melody(q["melody"], cat)
+        ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
+        sc = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in rep["matches"]])
+        q["score"] = float(sc[ranks.index(q["source"])]) if q["source"] in ranks else -10.0
+        q["r1"], q["rr"] = tie_aware(sc, q["score"]) if q["source"] in ranks else (0.0, 0.0)
+        q["r1_dup"] = dups_as_one(sc, ranks, q["holders"])[0]
+        q["verdict"] = rep["verdict"]
+
+
 def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline_queries: int, seed: int,
                   index_kind: str, law: str = "shipped") -> dict[str, Any]:
     """Short hooks checked on their own: how long a copied passage must be for a check to find
@@ -686,7 +703,6 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     Recall@1 counts ties at random and, as in the detection tables, also with every catalogue
     work that holds the copied notes verbatim as one answer (a short hook is often in several
     works). The baseline scores the same queries and decoys (the first ``baseline_queries``)."""
-    from melodyguard.detect import check_melody
 
     rng = np.random.default_rng(seed)
     hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
@@ -719,15 +735,7 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
                     if len(edited[0]) >= DEFAULT_MIN_NOTES:  # light edits may take a note out: too short to check
                         qs.append({"source": int(i), "excerpt_start": s0, "excerpt_notes": length,
                                    "melody": to_melody(edited)})
-                mark_verbatim_holders(cat_tunes, qs)
-                for q in qs:
-                    rep = check_melody(q["melody"], cat)
-                    ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
-                    sc = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in rep["matches"]])
-                    q["score"] = float(sc[ranks.index(q["source"])]) if q["source"] in ranks else -10.0
-                    q["r1"] = tie_aware(sc, q["score"])[0] if q["source"] in ranks else 0.0
-                    q["r1_dup"] = dups_as_one(sc, ranks, q["holders"])[0]
-                    q["verdict"] = rep["verdict"]
+                score_queries(qs, cat, cat_tunes, wid_to_i)
                 sub = qs[:baseline_queries]
                 bl = [baseline_scores(q["melody"], cat_notes) for q in sub]
                 scores = np.array([q["score"] for q in qs])
@@ -771,7 +779,6 @@ def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     12-24-note excerpt inserted into a held-out tune played backwards, and into a real held-out
     tune) per edit. TPR@1%FPR is against the held-out tunes played backwards (whole copies and
     backwards hosts); the baseline scores the first ``baseline_queries`` of each row."""
-    from melodyguard.detect import check_melody
 
     rng = np.random.default_rng(seed)
     hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
@@ -799,15 +806,7 @@ def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
                 rows[kind] = _partials(cat_tunes, hs, src_idx, rng=rng, kind=kind, levels=(level,),
                                        edit=lambda notes, _level, r, f=edit: f(notes, r))
             for kind, qs in rows.items():
-                mark_verbatim_holders(cat_tunes, qs)
-                for q in qs:
-                    rep = check_melody(q["melody"], cat)
-                    ranks = [wid_to_i[m["work"]["id"]] for m in rep["matches"]]
-                    sc = np.array([-np.log10(max(m["score"]["evalue"], 1e-300)) for m in rep["matches"]])
-                    q["score"] = float(sc[ranks.index(q["source"])]) if q["source"] in ranks else -10.0
-                    q["r1"], q["rr"] = tie_aware(sc, q["score"]) if q["source"] in ranks else (0.0, 0.0)
-                    q["r1_dup"] = dups_as_one(sc, ranks, q["holders"])[0]
-                    q["verdict"] = rep["verdict"]
+                score_queries(qs, cat, cat_tunes, wid_to_i)
                 sub = qs[:baseline_queries]
                 bl = [baseline_scores(q["melody"], cat_notes) for q in sub]
                 scores = np.array([q["score"] for q in qs])
