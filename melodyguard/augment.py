@@ -240,11 +240,12 @@ def estimate_key(notes: Notes) -> tuple[int, str]:
     return k % 12, ("major", "minor")[k // 12]
 
 
-def change_mode(notes: Notes) -> Notes:
-    """Major to minor or minor to major in the estimated key (:func:`estimate_key`): in major the
-    3rd, 6th and 7th degrees go down a semitone, in minor they go up one."""
+def change_mode(notes: Notes, *, key: tuple[int, str] | None = None) -> Notes:
+    """Major to minor or minor to major in ``key`` (by default the estimated one,
+    :func:`estimate_key`): in major the 3rd, 6th and 7th degrees go down a semitone, in minor
+    they go up one."""
     p, o, d = _arr(notes)
-    tonic, mode = estimate_key((p, o, d))
+    tonic, mode = key if key is not None else estimate_key((p, o, d))
     degree = (p - tonic) % 12
     if mode == "major":
         p = np.where(np.isin(degree, (4, 9, 11)), p - 1, p)

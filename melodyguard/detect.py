@@ -529,7 +529,7 @@ def other_mode(m: Melody) -> Melody:
     notes = (m.pitches, m.onsets_beats, m.durations_beats)
     tonic, mode = estimate_key(notes)
     name = f"{PITCH_CLASSES[tonic]} {mode}"
-    return replace(m, pitches=change_mode(notes)[0].astype(m.pitches.dtype),
+    return replace(m, pitches=change_mode(notes, key=(tonic, mode))[0].astype(m.pitches.dtype),
                    info={**m.info, "key": name, "other_mode": f"{PITCH_CLASSES[tonic]} {OTHER[mode]}"})
 
 

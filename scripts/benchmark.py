@@ -703,7 +703,6 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     Recall@1 counts ties at random and, as in the detection tables, also with every catalogue
     work that holds the copied notes verbatim as one answer (a short hook is often in several
     works). The baseline scores the same queries and decoys (the first ``baseline_queries``)."""
-
     rng = np.random.default_rng(seed)
     hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
     hosts, dropped = drop_near_duplicates(hosts, cat_tunes)  # as the detection tables' negatives
@@ -779,7 +778,6 @@ def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     12-24-note excerpt inserted into a held-out tune played backwards, and into a real held-out
     tune) per edit. TPR@1%FPR is against the held-out tunes played backwards (whole copies and
     backwards hosts); the baseline scores the first ``baseline_queries`` of each row."""
-
     rng = np.random.default_rng(seed)
     hosts, cat_tunes = split_pool(pool, n_neg=n_neg, size=size, rng=rng)
     hosts, dropped = drop_near_duplicates(hosts, cat_tunes)
