@@ -246,12 +246,15 @@ def change_mode(notes: Notes, *, key: tuple[int, str] | None = None) -> Notes:
     they go up one."""
     p, o, d = _arr(notes)
     tonic, mode = key if key is not None else estimate_key((p, o, d))
-    degree = (p - tonic) % 12
-    if mode == "major":
-        p = np.where(np.isin(degree, (4, 9, 11)), p - 1, p)
-    else:
-        p = np.where(np.isin(degree, (3, 8, 10)), p + 1, p)
+    p = p + _MODE_STEP[int(mode == "minor")][(p - tonic) % 12]
     return np.clip(p, 0, 127), o, d
+
+
+# Per scale degree, the semitones change_mode moves it: from major (3rd, 6th, 7th down) and
+# from minor (up); a table lookup, as detection changes the mode of every candidate it verifies.
+_MODE_STEP = np.zeros((2, 12), dtype=np.int64)
+_MODE_STEP[0, [4, 9, 11]] = -1
+_MODE_STEP[1, [3, 8, 10]] = 1
 
 
 def swing(notes: Notes) -> Notes:

@@ -391,11 +391,14 @@ def check_melody(
         best_ref = ref
         for v, (qm, qmap, q_ioi) in enumerate(q_side):
             # The candidate as it is and, when on, in its other mode; each hypothesis carries its
-            # share of the false-alarm budget (weighted Bonferroni).
+            # share of the false-alarm budget (weighted Bonferroni). A change of mode keeps the
+            # tonic and the pace, so the other mode is scored only at the shift the candidate
+            # scored best at as it is, and at its own figure vote.
+            same_pair = [(transpositions[0], ratios[0])] if transpositions else []
             for other in (False, True)[: 2 if w_other else 1]:
                 r_melody, rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, scoring,
                                                                     in_other_mode=other)
-                pairs = [(tr, rt) for tr in transpositions for rt in ratios]
+                pairs = same_pair if other else [(tr, rt) for tr in transpositions for rt in ratios]
                 if config.shift_hashing:
                     pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1, diagonal=config.shift_diagonal)
                               if x not in pairs]
@@ -406,6 +409,8 @@ def check_melody(
                 if top_sc <= 0:
                     continue
                 k = sc.index(top_sc)  # the first of equal scores, as before
+                if not other:
+                    same_pair = [pairs[k]]
                 # times the number of views: the smallest of several E-values is corrected for the choice
                 e_v = (cal.evalue(top_sc, len(qm), N, collapsed=v > 0) * len(q_side) * law_factor
                        / (w_other if other else 1.0 - w_other))
