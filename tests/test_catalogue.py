@@ -883,11 +883,14 @@ def test_work_cache_size_is_a_setting(tmp_path, shipped_encoder, rng, monkeypatc
     for w in (a, b, a):
         cat.derived(w, "n", make)
     assert len(calls) == 3  # one work kept: a was evicted by b
+    cat.derived(a, "other", make)
+    cat.derived(a, "n", make)
+    assert len(calls) == 4  # the bound counts works: what is derived from the one kept stays
     none_kept = Catalogue(tmp_path / "c", encoder=shipped_encoder, cache_works=0)
     assert none_kept.cache_works == 0
     none_kept.derived(a, "n", make)
     none_kept.derived(a, "n", make)
-    assert len(calls) == 5  # nothing kept
+    assert len(calls) == 6  # nothing kept
     none_kept.close()
     with pytest.raises(ConfigError, match="cache_works"):
         Catalogue(tmp_path / "never", encoder=shipped_encoder, cache_works=-1)

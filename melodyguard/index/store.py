@@ -263,7 +263,7 @@ class Catalogue:
         self._cache_lock = threading.Lock()
         self.cache_works = work_cache_size() if cache_works is None else int(cache_works)
         self._melodies: OrderedDict[int, Melody] = OrderedDict()
-        self._derived: OrderedDict[tuple[int, Any], Any] = OrderedDict()
+        self._derived: OrderedDict[int, dict[Any, Any]] = OrderedDict()  # work id -> {key: value}
         #: set when opening re-embedded the works: {"works", "windows", "from", "to", "seconds"}
         self.reembedded: dict[str, Any] | None = None
         self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
@@ -557,17 +557,19 @@ class Catalogue:
 
     def derived(self, work_id: int, key: Any, make: Callable[[Melody], Any]) -> Any:
         """``make(melody)`` of a work's melody, computed once and kept like the parsed melodies
-        (the :attr:`cache_works` most recently used; forgotten when the work is removed or the
-        catalogue's generation moves). ``key`` names what ``make`` computes: detection keeps each
-        reference's alignment inputs here."""
-        k = (int(work_id), key)
+        (everything derived from the :attr:`cache_works` most recently used works; forgotten when
+        the work is removed or the catalogue's generation moves). ``key`` names what ``make``
+        computes: detection keeps each reference's alignment inputs here, one per view and mode."""
+        w = int(work_id)
         with self._cache_lock:
-            if k in self._derived:
-                self._derived.move_to_end(k)
-                return self._derived[k]
-        value = make(self.melody(work_id))
+            kept = self._derived.get(w)
+            if kept is not None and key in kept:
+                self._derived.move_to_end(w)
+                return kept[key]
+        value = make(self.melody(w))
         with self._cache_lock:
-            self._derived[k] = value
+            self._derived.setdefault(w, {})[key] = value
+            self._derived.move_to_end(w)
             while len(self._derived) > self.cache_works:
                 self._derived.popitem(last=False)
         return value
@@ -674,8 +676,7 @@ class Catalogue:
             con.execute("DELETE FROM works WHERE id=?", (work.id,))
             with self._cache_lock:
                 self._melodies.pop(work.id, None)
-                for k in [k for k in self._derived if k[0] == work.id]:
-                    del self._derived[k]
+                self._derived.pop(work.id, None)
             _invalidate_index(con)
         return work
 
