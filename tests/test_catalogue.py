@@ -365,6 +365,12 @@ def test_a_copy_in_the_other_mode_is_matched_in_that_mode(catalogue):
 
     assert _segments_text(top).endswith(f"(in the other mode: ref {top['other_mode']['reference_key']}, "
                                         f"copy {top['other_mode']['matched_in']})")
+    # The other mode is scored at the shift the notes as they are scored best at: with a tempo
+    # change as well, that shift carries it.
+    slow = check_melody(Melody.from_notes(p - 3, o * 1.5, d * 1.5), cat)["matches"][0]
+    assert slow["work"]["title"] == "tune 3" and "other_mode" in slow
+    assert slow["transposition_semitones"] == -3 and slow["segments"][0]["matched_notes"] == len(src)
+    assert slow["tempo_ratio"] == pytest.approx(1 / 1.5, rel=0.02)  # reference / query: the copy is slower
     off_cfg = dataclasses.replace(DEFAULT_DETECT, other_mode_weight=0.0)
     off = [m for m in check_melody(q, cat, config=off_cfg)["matches"] if m["work"]["title"] == "tune 3"]
     assert not off or ("other_mode" not in off[0] and off[0]["score"]["evalue"] > 1e6 * top["score"]["evalue"])
