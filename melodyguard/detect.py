@@ -398,7 +398,7 @@ def check_melody(
             for other in (False, True)[: 2 if w_other else 1]:
                 r_melody, rm, rmap, r_ioi, r_prep = _reference_side(catalogue, w, ref, v, background, scoring,
                                                                     in_other_mode=other)
-                pairs = same_pair if other else [(tr, rt) for tr in transpositions for rt in ratios]
+                pairs = list(same_pair) if other else [(tr, rt) for tr in transpositions for rt in ratios]
                 if config.shift_hashing:
                     pairs += [x for x in estimate_shift_sides(q_prep[v], r_prep, top=1, diagonal=config.shift_diagonal)
                               if x not in pairs]
