@@ -240,6 +240,13 @@ def estimate_key(notes: Notes) -> tuple[int, str]:
     return k % 12, ("major", "minor")[k // 12]
 
 
+# Per scale degree, the semitones change_mode moves it: from major (3rd, 6th, 7th down) and
+# from minor (up); a table lookup, as detection changes the mode of every candidate it verifies.
+_MODE_STEP = np.zeros((2, 12), dtype=np.int64)
+_MODE_STEP[0, [4, 9, 11]] = -1
+_MODE_STEP[1, [3, 8, 10]] = 1
+
+
 def change_mode(notes: Notes, *, key: tuple[int, str] | None = None) -> Notes:
     """Major to minor or minor to major in ``key`` (by default the estimated one,
     :func:`estimate_key`): in major the 3rd, 6th and 7th degrees go down a semitone, in minor
@@ -248,13 +255,6 @@ def change_mode(notes: Notes, *, key: tuple[int, str] | None = None) -> Notes:
     tonic, mode = key if key is not None else estimate_key((p, o, d))
     p = p + _MODE_STEP[int(mode == "minor")][(p - tonic) % 12]
     return np.clip(p, 0, 127), o, d
-
-
-# Per scale degree, the semitones change_mode moves it: from major (3rd, 6th, 7th down) and
-# from minor (up); a table lookup, as detection changes the mode of every candidate it verifies.
-_MODE_STEP = np.zeros((2, 12), dtype=np.int64)
-_MODE_STEP[0, [4, 9, 11]] = -1
-_MODE_STEP[1, [3, 8, 10]] = 1
 
 
 def swing(notes: Notes) -> Notes:

@@ -762,12 +762,12 @@ def hooks_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
     return res
 
 
-def edit_kinds(level: str) -> Any:
+def edit_notes(notes, level: str, rng) -> Any:
     """The edit of a row of the ``edits`` section: a training level of :mod:`melodyguard.augment`
-    or one of its :data:`~melodyguard.augment.UNSEEN_EDITS`."""
+    or one of its :data:`~melodyguard.augment.UNSEEN_EDITS` (the signature :func:`_partials` takes)."""
     if level in UNSEEN_EDITS:
-        return lambda notes, rng: unseen_edit(notes, level, rng=rng)
-    return lambda notes, rng: augment(notes, level, rng=rng)
+        return unseen_edit(notes, level, rng=rng)
+    return augment(notes, level, rng=rng)
 
 
 def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline_queries: int, seed: int,
@@ -793,16 +793,14 @@ def edits_section(enc: Encoder, pool, *, size: int, n: int, n_neg: int, baseline
         bl_dec = np.asarray([baseline_scores(h.melody, cat_notes).max() for h in decoys[:baseline_queries]])
         src_idx = rng.choice(len(cat_tunes), size=min(n, len(cat_tunes)), replace=False)
         for level in ("light",) + UNSEEN_EDITS:
-            edit = edit_kinds(level)
             whole: list[dict[str, Any]] = []
             for i in src_idx:
-                q = edit(notes_of(cat_tunes[int(i)].melody), rng)
+                q = edit_notes(notes_of(cat_tunes[int(i)].melody), level, rng)
                 if len(q[0]) >= DEFAULT_MIN_NOTES:
                     whole.append({"kind": "whole", "source": int(i), "melody": to_melody(q)})
             rows: dict[str, list[dict[str, Any]]] = {"whole": whole}
             for kind, hs in (("partial, backwards host", decoys), ("partial, real host", hosts)):
-                rows[kind] = _partials(cat_tunes, hs, src_idx, rng=rng, kind=kind, levels=(level,),
-                                       edit=lambda notes, _level, r, f=edit: f(notes, r))
+                rows[kind] = _partials(cat_tunes, hs, src_idx, rng=rng, kind=kind, levels=(level,), edit=edit_notes)
             for kind, qs in rows.items():
                 score_queries(qs, cat, cat_tunes, wid_to_i)
                 sub = qs[:baseline_queries]
