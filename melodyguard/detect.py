@@ -164,8 +164,10 @@ class Calibration:
     @cached_property
     def scoring(self) -> Scoring:
         d = self.info.get("scoring")
-        # A law fitted before pedal figures were weighed down was fitted without it.
-        return Scoring(**{"pedal_floor": 1.0, **d}) if d else DEFAULT_SCORING
+        # A law fitted before pedal figures were weighed down, or before two-note spans
+        # counted, was fitted without them.
+        return Scoring(**{"pedal_floor": 1.0, "rhythm_span": d.get("rhythm_miss", Scoring.rhythm_miss), **d}) \
+            if d else DEFAULT_SCORING
 
     def evalue(self, score: float, m: int, n: int, *, collapsed: bool = False) -> float:
         """Expected number of chance alignments scoring >= ``score`` between ``m`` query notes

@@ -202,3 +202,24 @@ def interrupt_when(proc, ready, *, presses: int, too_soon: str, timeout: float =
             break
         proc.send_signal(signal.SIGINT)
         time.sleep(0.01)
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module, loaded once per process and registered under its own
+    name in ``sys.modules``: numba's on-disk cache records the module of each compiled kernel,
+    and a module it cannot import again makes the next run's cache load fail."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import (
     drums_only_midi,
+    load_script,
     make_catalogue_melodies,
     melody_midi,
     random_melody,
@@ -918,7 +919,7 @@ def test_best_scores_equal_the_first_alignment_at_each_shift(rng):
         qi, ri = note_iois(o[5:25], d[5:25]) * 2, note_iois(o, d)
         shifts = [(int(t), float(r)) for t, r in zip(rng.integers(-6, 7, 8), rng.choice([0.5, 1.0, 2.0, 1.5], 8))]
         shifts.insert(int(rng.integers(0, 9)), (-up, 0.5))  # the true key and pace
-        scoring = Scoring() if trial % 2 else Scoring(weighted=False)
+        scoring = (Scoring(), Scoring(weighted=False), Scoring(rhythm_span=0.0))[trial % 3]
         wq, wr = note_weights(q, qi, bg), note_weights(p, ri, bg)
         got = best_scores(q, qi, p, ri, shifts=shifts, q_weight=wq, r_weight=wr, scoring=scoring)
         for (t, r), g in zip(shifts, got):
@@ -926,6 +927,46 @@ def test_best_scores_equal_the_first_alignment_at_each_shift(rng):
             assert g == (al[0].score if al else 0.0)
         assert got[shifts.index((-up, 0.5))] == got.max() > 5
     assert best_scores(q, qi, p, ri, shifts=[]).size == 0
+
+
+def test_a_swung_copy_keeps_its_two_note_spans(rng):
+    """Swing (a pair of equal notes played 2:1) moves each note's own IOI past the rhythm
+    tolerance, but the pair keeps its span: with a span score each swung note's rhythm counts
+    that score instead of a miss, in the aligner and the one-pass scorer alike; a straight
+    copy scores the same either way, and a rhythm that changes the span gets nothing."""
+    import dataclasses
+
+    from melodyguard.align import DEFAULT_SCORING, align_notes, best_scores
+    from melodyguard.augment import swing
+
+    on = dataclasses.replace(DEFAULT_SCORING, rhythm_span=0.0)
+    off = dataclasses.replace(DEFAULT_SCORING, rhythm_span=DEFAULT_SCORING.rhythm_miss)
+    for _ in range(4):
+        n = 24
+        p = random_melody(rng, n)[0]
+        ioi = np.full(n, 0.5)  # even eighths, every pair on the beat: all of them swing
+        o = np.concatenate([[0.0], np.cumsum(ioi)[:-1]])
+        sp, so, sd = swing((p.copy(), o.copy(), ioi.copy()))
+        sioi = np.append(np.diff(so), sd[-1])
+        assert np.count_nonzero(np.abs(sioi - 0.5) > 0.1) >= n - 2
+        scores = {}
+        for name, sc in (("on", on), ("off", off)):
+            al = align_notes(sp, sioi, p, ioi, transposition=0, tempo_ratio=1.0, max_segments=1, scoring=sc)[0]
+            assert best_scores(sp, sioi, p, ioi, shifts=[(0, 1.0), (2, 1.0)], scoring=sc)[0] == al.score
+            assert al.n_pairs == n
+            scores[name] = al.score
+            straight = align_notes(p, ioi, p, ioi, transposition=0, tempo_ratio=1.0, max_segments=1, scoring=sc)[0]
+            scores[name + "_straight"] = straight.score
+        # each of the 22 swung notes (the last pair has no next onset and stays even) gains 0.7
+        assert scores["on"] - scores["off"] >= 0.7 * (n - 2) - 1e-9
+        assert scores["on_straight"] == scores["off_straight"]
+        # a pair that changes its span (1:1 -> 2:1 played over 1.5 times the time) gains nothing
+        lioi = ioi.copy()
+        lioi[0::2] *= 2.0
+        for sc in (on, off):
+            al = align_notes(p, lioi, p, ioi, transposition=0, tempo_ratio=1.0, max_segments=1, scoring=sc)
+            scores[sc.rhythm_span] = al[0].score
+        assert scores[0.0] == scores[DEFAULT_SCORING.rhythm_miss]
 
 
 def test_ornamented_notes_align_with_their_principal_notes(rng):
@@ -968,13 +1009,8 @@ def test_benchmark_inserts_excerpts_where_it_says_paced_to_the_host(rng):
     """The benchmark's two-phrase queries: each excerpt lands at the notes its span names, with
     its own intervals and rhythm at the host's pace; the host's notes keep their order and
     rhythm around it, and one excerpt is laid out as the partial-copy queries lay it out."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_for_test", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     host = Melody.from_notes(*random_melody(rng, 30))
     ex = [random_melody(rng, n) for n in (12, 15)]
     ex = [(p, o * 2.0, d * 2.0) for p, o, d in ex]  # slower than the host: must be paced to it
@@ -1002,13 +1038,8 @@ def test_benchmark_inserts_excerpts_where_it_says_paced_to_the_host(rng):
 def test_benchmark_counts_tied_works_as_a_random_order():
     """recall@1 / MRR of the benchmark: a source tied with t works scores 1/t and the mean
     reciprocal rank over the tied positions; works strictly better push it down."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_for_test", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     assert bench.tie_aware(np.array([9.0, 5.0, 3.0]), 9.0) == (1.0, 1.0)
     r1, rr = bench.tie_aware(np.array([9.0, 9.0, 3.0]), 9.0)
     assert r1 == 0.5 and rr == pytest.approx((1 + 1 / 2) / 2)
@@ -1019,14 +1050,9 @@ def test_benchmark_counts_tied_works_as_a_random_order():
 def test_benchmark_counts_verbatim_holders_of_the_copied_notes_as_one(rng):
     """A catalogue work holding the copied notes verbatim (any key, any pace) is a second right
     answer; one with a changed note or rhythm is not."""
-    import importlib.util
-    from pathlib import Path
     from types import SimpleNamespace
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_for_test2", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     src = random_melody(rng, 40)
     p, o, d = src
     ex = slice(10, 24)
@@ -1056,15 +1082,10 @@ def test_benchmark_counts_verbatim_holders_of_the_copied_notes_as_one(rng):
 def test_benchmark_window_baseline_scores_every_window_as_the_baseline_does(rng):
     """The window-retrieval baseline scores each window exactly as ``align_intervals`` scores
     its notes (short windows included), and ranks ties in a random order."""
-    import importlib.util
-    from pathlib import Path
 
     from melodyguard.align import align_intervals, interval_features, note_iois
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_for_test3", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     mels = [random_melody(rng, int(n)) for n in rng.integers(5, 17, size=12)]
     wi, wd, wn = np.zeros((12, 15)), np.zeros((12, 15)), np.zeros(12, dtype=np.int64)
     for k, (p, o, d) in enumerate(mels):
@@ -1480,14 +1501,10 @@ def test_the_shipped_law_was_fitted_for_the_default_scores():
 def test_calibrate_score_overrides_name_a_score_and_refuse_anything_else():
     """scripts/calibrate.py --score NAME=VALUE: the override, typed as the field is; a bad name
     or value is refused before any corpus is read."""
-    import importlib.util
 
     from melodyguard.align import DEFAULT_SCORING
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate.py"
-    spec = importlib.util.spec_from_file_location("calibrate_for_test", path)
-    cal = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cal)
+    cal = load_script("calibrate")
     s = cal.scoring_with(DEFAULT_SCORING, ["near=-0.6", "weighted=false", "ornament_interval=4"])
     assert (s.near, s.weighted, s.ornament_interval) == (-0.6, False, 4)
     assert s.gap == DEFAULT_SCORING.gap
@@ -1502,16 +1519,11 @@ def test_benchmark_reads_the_essen_editors_song_numbers():
     """The kinship ground truth of the benchmark: variants the Essen editors numbered as one
     song (A0004A, A0004B, A0004C: 'Herzog Ernst') share a song number, other songs do not, under
     the corpus cache's own keys."""
-    import importlib.util
-    from pathlib import Path
 
     pytest.importorskip("music21")
     from melodyguard.corpus import list_units
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_for_test4", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmark")
     songs = bench.essen_songs()
     first = [songs[f"essenFolksong/altdeu10.abc#{k}"] for k in range(6)]
     assert first[1] == first[2] == first[3] == ("altdeu", "A0004")
