@@ -41,8 +41,8 @@ IOI with its next note (or its previous one) matches the other side's joint IOI 
 places, scores ``rhythm_span`` instead of a miss. (Two notes that trade their lengths, an
 eighth and a quarter at 1.0 log2, keep their span too, but unrelated tunes do that all the
 time: without the twice-the-tolerance condition light lifted phrases on the training split
-were flagged in 41 % instead of 55.5 %.) Equal to ``rhythm_miss``, the default, it is off; a
-law fitted before it existed is read so. Turn it on with a law fitted for it: ``python
+were flagged in 41 % instead of 55.5 %.) At or below ``rhythm_miss`` (the default: equal) it is
+off; a law fitted before it existed is read so. Turn it on with a law fitted for it: ``python
 scripts/calibrate.py --score rhythm_span=0 --out cal.json`` and ``MELODYGUARD_CALIBRATION=cal.json``.
 
 Measured (thirty-sixth session, docs/benchmarks.md, "Swung copies keep their spans"): on
@@ -132,7 +132,7 @@ def _pair_score(i, j, qp, ql, rp, rl, t, logr, wq, wr, q_ml, r_ml, n, m, prm):  
     own = abs(ql[i] + logr - rl[j])
     if own < prm[7]:
         s += prm[4] * w
-    elif prm[9] != prm[5] and _span_hit(i, j, own, logr, q_ml, r_ml, n, m, prm[7]):
+    elif prm[9] > prm[5] and _span_hit(i, j, own, logr, q_ml, r_ml, n, m, prm[7]):
         s += prm[9]
     else:
         s += prm[5]
@@ -244,7 +244,7 @@ def _sw_scores(qp, ql, rp, rl, ts, logrs, wq, wr, q_ml, q_ok, r_ml, r_ok, prm): 
     gap = prm[6]
     p_eq, p_oct, p_near, p_other = prm[0], prm[1], prm[2], prm[3]
     r_hit, r_miss, tol, orn, r_span = prm[4], prm[5], prm[7], prm[8], prm[9]
-    span_on = r_span != r_miss
+    span_on = r_span > r_miss
     n, m = qp.shape[0], rp.shape[0]
     out = np.zeros(ts.shape[0])
     A = np.zeros(m + 1)
@@ -364,7 +364,8 @@ def _ornament_arrays(pitch, log_ioi, interval):  # pragma: no cover - numba
 def _ornaments(pitch: np.ndarray, log_ioi: np.ndarray, scoring: Scoring) -> tuple[np.ndarray, np.ndarray]:
     """For each adjacent note pair (a, a+1): the merged log2 IOI, and whether a+1 (column 0)
     or a (column 1) may be an ornament of the other: no longer than it and at most
-    ``scoring.ornament_interval`` semitones away. All False when ornaments are off."""
+    ``scoring.ornament_interval`` semitones away (all False when ornaments are off). The merged
+    IOIs are also the two-note spans of ``Scoring.rhythm_span``."""
     return _ornament_arrays(pitch, log_ioi, int(scoring.ornament_interval))
 
 
@@ -428,7 +429,7 @@ class Scoring:
     #: weight kept by a note amid a pedal figure (see :func:`pedal_factors`; 1 turns it off)
     pedal_floor: float = 0.5
     #: rhythm score of a note whose own IOI misses but which keeps a two-note span (see the
-    #: module docstring); equal to ``rhythm_miss`` turns it off
+    #: module docstring); at or below ``rhythm_miss`` it is off
     rhythm_span: float = -0.7
 
     def array(self) -> np.ndarray:

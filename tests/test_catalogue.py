@@ -967,6 +967,14 @@ def test_a_swung_copy_keeps_its_two_note_spans(rng):
             al = align_notes(p, lioi, p, ioi, transposition=0, tempo_ratio=1.0, max_segments=1, scoring=sc)
             scores[sc.rhythm_span] = al[0].score
         assert scores[0.0] == scores[DEFAULT_SCORING.rhythm_miss]
+    # a span score at or below a miss is off: a harsher miss is not undercut by the default
+    harsh = dataclasses.replace(off, rhythm_miss=-0.5)
+    assert harsh.rhythm_span < harsh.rhythm_miss
+    al = align_notes(sp, sioi, p, ioi, transposition=0, tempo_ratio=1.0, max_segments=1, scoring=harsh)[0]
+    plain = dataclasses.replace(harsh, rhythm_span=harsh.rhythm_miss)
+    assert al.score == align_notes(sp, sioi, p, ioi, transposition=0, tempo_ratio=1.0, max_segments=1,
+                                   scoring=plain)[0].score
+    assert best_scores(sp, sioi, p, ioi, shifts=[(0, 1.0)], scoring=harsh)[0] == al.score
 
 
 def test_ornamented_notes_align_with_their_principal_notes(rng):
