@@ -166,8 +166,9 @@ class Calibration:
         d = self.info.get("scoring")
         # A law fitted before pedal figures were weighed down, or before two-note spans
         # counted, was fitted without them.
-        return Scoring(**{"pedal_floor": 1.0, "rhythm_span": d.get("rhythm_miss", Scoring.rhythm_miss), **d}) \
-            if d else DEFAULT_SCORING
+        if not d:
+            return DEFAULT_SCORING
+        return Scoring(**{"pedal_floor": 1.0, "rhythm_span": d.get("rhythm_miss", Scoring.rhythm_miss), **d})
 
     def evalue(self, score: float, m: int, n: int, *, collapsed: bool = False) -> float:
         """Expected number of chance alignments scoring >= ``score`` between ``m`` query notes

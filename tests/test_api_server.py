@@ -4,7 +4,6 @@ test and a schemathesis run. The tests share one server and run in file order.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_catalogue_melodies, melody_midi
+from conftest import load_script, make_catalogue_melodies, melody_midi
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,13 +33,6 @@ def _free_port() -> int:
 def _cli(*args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "melodyguard", *args], capture_output=True, text=True, check=True)
     return out.stdout
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _request(url: str, *, method: str = "GET", key: str | None = None, body: bytes | None = None,
@@ -94,7 +86,7 @@ def server(tmp_path_factory):
 
 
 def _upload(server, route: str, key: str, data: bytes, name: str = "q.mid", fields: dict | None = None):
-    mp = _load_script("load_test")
+    mp = load_script("load_test")
     body, ctype = mp.multipart("file", name, data)
     if fields:  # prepend plain form fields
         b = ctype.split("boundary=")[1]
@@ -163,7 +155,7 @@ def test_web_page_in_headless_chromium(server):
 
 
 def test_bounded_load_has_no_errors(server):
-    lt = _load_script("load_test")
+    lt = load_script("load_test")
     mels = server["mels"]
     payloads = [_midi(m, s) for m in mels for s in (0, 2)]
     res = lt.run_load(server["url"], server["keys"]["screener"], payloads, clients=20, requests=200, max_seconds=240)
